@@ -1,0 +1,1 @@
+"""Pure PyTorch transformers: no Lightning, no Gradio. See README's concept map."""
