@@ -1,0 +1,30 @@
+"""Shared fixtures: where the real datasets are (tests that need them skip when absent), and the
+`gpu` marker's skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PLAYGROUND_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $PLAYGROUND_DATA); skips the test where it is absent (CI has it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the packed datasets at {SHARED_DATA} (../shared/data), which this machine lacks")
+    return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
