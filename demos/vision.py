@@ -1,0 +1,372 @@
+"""The Image tab: our CIFAR-10 ViT says what a photo shows and where it looked.
+
+`classify_image(image) -> ImageResult` is the plain inference function (tests and the API call
+it); `build()` lays out the tab. Any file a person might send is either read (every PIL mode,
+animated images by their first frame, huge JPEGs decoded at reduced scale) or refused with a
+sentence that says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
+from models.vision import center_square, image_tensor, to_rgb
+
+TITLE = "Image"
+TASK = "vision"
+MAX_PIXELS = 50_000_000  # decoded at full size above this would cost seconds and gigabytes
+MAX_JPEG_PIXELS = 400_000_000  # JPEGs decode at 1/8 scale, so they may be larger
+DISPLAY = 256  # side of the pictures the tab shows
+
+
+class BadImage(ValueError):
+    """Input that is not a usable image; the message is meant for the person who sent it."""
+
+
+@dataclass
+class ImageResult:
+    top5: dict[str, float]  # class -> probability, most likely first
+    model_view: np.ndarray  # (img_size, img_size, 3) uint8: exactly what the model saw
+    display: np.ndarray  # (DISPLAY, DISPLAY, 3) uint8: the same square, sharper, for overlays
+    rollout: np.ndarray  # (grid, grid): attention rollout from CLS to each patch, sums to 1
+    cls_attention: np.ndarray  # (layers, heads, grid, grid): CLS-to-patch weights per head
+    notes: list[str] = field(default_factory=list)  # what was done to the input, for the user
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading whatever was sent
+# ----------------------------------------------------------------------------------------------
+
+
+def load_image(source) -> tuple[Image.Image, list[str]]:
+    """A path, bytes, numpy array or PIL image -> (a decoded PIL image, notes). Raises BadImage."""
+    if isinstance(source, Image.Image):
+        image, notes = source, []
+    elif isinstance(source, np.ndarray):
+        image, notes = _from_array(source), []
+    elif isinstance(source, (str, Path, bytes, bytearray)):
+        image, notes = _open(source)
+    else:
+        raise BadImage(f"Expected an image (file path, PIL image or array), got {type(source).__name__}.")
+    w, h = image.size
+    if w == 0 or h == 0:
+        raise BadImage("The image is empty (0 pixels wide or high).")
+    if getattr(image, "n_frames", 1) > 1:
+        notes.append(f"Animated image: classified its first frame only (it has {image.n_frames}).")
+    if min(w, h) < 16:
+        notes.append(f"The image is only {w}x{h} pixels: the model sees it blown up to 32x32, so do not trust much.")
+    if image.mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        notes.append("Greyscale image: the model learned from colour photos, so colour cues are missing.")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        notes.append("High bit depth image: scaled down to 8 bits per channel.")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        notes.append("Transparent areas were filled with white.")
+    if image.mode == "CMYK":
+        notes.append("CMYK image (print colours): converted to RGB.")
+    return image, notes
+
+
+def _open(source: str | Path | bytes | bytearray) -> tuple[Image.Image, list[str]]:
+    """Open and decode a file, refusing decompression bombs before any pixel is decoded."""
+    notes: list[str] = []
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif not Path(source).is_file():
+        raise BadImage(f"No such file: {Path(source).name}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limits follow
+            image = Image.open(source)
+    except Image.DecompressionBombError as err:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise BadImage(f"The image is far too large to open safely (over {limit:.0f} megapixels).") from err
+    except UnidentifiedImageError as err:
+        raise BadImage("This file is not an image that can be read (try JPEG, PNG, WebP, GIF, BMP or TIFF).") from err
+    except OSError as err:
+        raise BadImage(f"The file could not be read: {err}.") from err
+    w, h = image.size
+    limit = MAX_JPEG_PIXELS if image.format == "JPEG" else MAX_PIXELS
+    if w * h > limit:
+        raise BadImage(
+            f"The image is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels); images over {limit / 1e6:.0f} "
+            "megapixels are refused (decoding them would take seconds and gigabytes). Please downscale it."
+        )
+    if image.format == "JPEG" and min(w, h) > 4 * DISPLAY:
+        image.draft("RGB", (DISPLAY, DISPLAY))  # the JPEG decoder skips detail we would throw away
+        notes.append(f"Large photo ({w}x{h}): decoded at reduced size.")
+    try:
+        image.load()  # decode now, so a damaged file fails here and not in the middle of the model
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadImage("The image file is damaged or incomplete and could not be decoded.") from err
+    return image, notes
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """(H, W), (H, W, 1|3|4) arrays of uint8, uint16, bool or float (0..1 or 0..255) -> PIL."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise BadImage(f"An image array must be (H, W) or (H, W, 3|4); got shape {a.shape}.")
+    if a.size == 0:
+        raise BadImage("The image array is empty.")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        finite = np.nan_to_num(a.astype(np.float32))
+        a = np.clip(finite * (255.0 if finite.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    elif a.dtype == np.uint16 and a.ndim == 2:
+        return Image.fromarray(a)  # 16-bit greyscale; to_rgb scales it
+    elif a.dtype != np.uint8:
+        peak = max(int(a.max()), 1)
+        a = (a.astype(np.float64) * (255.0 / (65535 if peak > 255 else 255))).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference
+# ----------------------------------------------------------------------------------------------
+
+
+def classify_image(image) -> ImageResult:
+    """Top-5 classes, the model's 32x32 view, attention rollout and per-head CLS attention.
+
+    Raises BadImage for unusable input and MissingCheckpoint when the model is absent."""
+    model, _ = get_model(TASK)
+    c = model.config
+    pil, notes = load_image(image)
+    rgb = to_rgb(pil)
+    view = center_square(rgb, c.img_size)
+    with torch.inference_mode():
+        out = model(image_tensor(view, c), need_weights=True)
+        probs = out.logits.softmax(-1)[0]
+        rollout = model.rollout(out.attentions)[0]
+        # row 0 is the CLS query; columns 1.. are the patches, in raster order
+        cls = torch.stack([a["self"][0, :, 0, 1:] for a in out.attentions])
+    top = probs.topk(min(5, c.num_classes))
+    g = c.grid_size
+    return ImageResult(
+        top5={c.class_names[i]: float(p) for p, i in zip(top.values, top.indices, strict=True)},
+        model_view=np.asarray(view),
+        display=np.asarray(center_square(rgb, DISPLAY, Image.Resampling.BILINEAR)),  # only for overlays
+        rollout=rollout.numpy(),
+        cls_attention=cls.reshape(c.depth, c.num_heads, g, g).numpy(),
+        notes=notes,
+    )
+
+
+def cls_attention_map(result: ImageResult, layer: int | None = None, head: int | None = None) -> np.ndarray:
+    """(grid, grid) CLS-to-patch attention of one layer/head; None averages over that axis."""
+    maps = result.cls_attention
+    maps = maps.mean(0) if layer is None else maps[layer]
+    return maps.mean(0) if head is None else maps[head]
+
+
+def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Blend a (grid, grid) map, scaled to its own maximum and coloured, over a square picture.
+    Each patch stays one flat block: the model has one value per patch, no finer."""
+    from matplotlib import colormaps
+
+    size = picture.shape[0]
+    scaled = heat / heat.max() if heat.max() > 0 else heat
+    block = np.kron(scaled, np.ones((size // heat.shape[0], size // heat.shape[1])))
+    colour = colormaps["inferno"](block)[..., :3] * 255
+    return ((1 - alpha) * picture + alpha * colour).astype(np.uint8)
+
+
+def enlarge(view: np.ndarray, size: int = DISPLAY) -> np.ndarray:
+    """The 32x32 model view at display size, nearest neighbour so its pixels stay visible."""
+    return np.asarray(Image.fromarray(view).resize((size, size), Image.Resampling.NEAREST))
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples: simple pictures drawn here, so the tab needs no network and ships no dataset images
+# ----------------------------------------------------------------------------------------------
+
+
+def _sky(draw: ImageDraw.ImageDraw, size: int, top: tuple, bottom: tuple, until: int) -> None:
+    for y in range(until):
+        t = y / max(until - 1, 1)
+        draw.line([(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
+
+
+def draw_examples(folder: Path, size: int = 128) -> list[Path]:
+    """Draw a plane, a ship, a car, a frog and a transparent truck; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    s = size / 128  # the shapes are drawn on a 128 grid
+
+    def p(*xy: float) -> list[tuple[float, float]]:
+        return [(xy[i] * s, xy[i + 1] * s) for i in range(0, len(xy), 2)]
+
+    pictures: dict[str, Image.Image] = {}
+    plane = Image.new("RGB", (size, size))
+    d = ImageDraw.Draw(plane)
+    _sky(d, size, (70, 130, 200), (190, 215, 240), size)
+    d.ellipse(p(20, 56, 108, 70), fill=(235, 235, 240))  # fuselage
+    d.polygon(p(55, 62, 75, 62, 60, 30, 52, 30), fill=(200, 200, 210))  # wings
+    d.polygon(p(55, 64, 75, 64, 60, 98, 52, 98), fill=(200, 200, 210))
+    d.polygon(p(22, 62, 32, 62, 24, 44, 18, 44), fill=(200, 200, 210))  # tail
+    pictures["plane_in_sky.png"] = plane
+
+    ship = Image.new("RGB", (size, size))
+    d = ImageDraw.Draw(ship)
+    _sky(d, size, (150, 190, 225), (215, 230, 240), int(70 * s))
+    d.rectangle(p(0, 70, 128, 128), fill=(30, 80, 130))  # sea
+    d.polygon(p(18, 62, 112, 62, 100, 80, 28, 80), fill=(60, 60, 70))  # hull
+    d.rectangle(p(45, 44, 85, 62), fill=(235, 235, 235))  # superstructure
+    d.rectangle(p(60, 32, 68, 44), fill=(180, 50, 40))  # funnel
+    pictures["ship_at_sea.png"] = ship
+
+    car = Image.new("RGB", (size, size), (170, 200, 160))
+    d = ImageDraw.Draw(car)
+    d.rectangle(p(0, 84, 128, 128), fill=(90, 90, 95))  # road
+    d.rounded_rectangle(p(14, 58, 114, 88), radius=8 * s, fill=(200, 30, 35))  # body
+    d.polygon(p(36, 58, 46, 40, 82, 40, 94, 58), fill=(200, 30, 35))  # cabin
+    d.polygon(p(42, 58, 50, 44, 64, 44, 64, 58), fill=(170, 210, 230))  # windows
+    d.polygon(p(68, 58, 68, 44, 80, 44, 88, 58), fill=(170, 210, 230))
+    for x in (34, 94):
+        d.ellipse(p(x - 11, 77, x + 11, 99), fill=(20, 20, 20))
+    pictures["red_car.png"] = car
+
+    frog = Image.new("RGB", (size, size), (110, 85, 55))
+    d = ImageDraw.Draw(frog)
+    d.ellipse(p(24, 48, 104, 104), fill=(70, 150, 50))  # body
+    for x in (40, 88):
+        d.ellipse(p(x - 12, 36, x + 12, 60), fill=(70, 150, 50))  # eye bumps
+        d.ellipse(p(x - 6, 42, x + 6, 54), fill=(15, 15, 15))
+    d.ellipse(p(14, 86, 40, 104), fill=(60, 135, 45))  # legs
+    d.ellipse(p(88, 86, 114, 104), fill=(60, 135, 45))
+    pictures["green_frog.png"] = frog
+
+    truck = Image.new("RGBA", (size, size), (0, 0, 0, 0))  # transparent background on purpose
+    d = ImageDraw.Draw(truck)
+    d.rectangle(p(10, 40, 80, 90), fill=(40, 90, 170, 255))  # cargo box
+    d.polygon(p(82, 56, 104, 56, 118, 72, 118, 90, 82, 90), fill=(230, 190, 40, 255))  # cab
+    d.polygon(p(88, 60, 102, 60, 112, 72, 88, 72), fill=(170, 210, 230, 255))
+    for x in (28, 62, 100):
+        d.ellipse(p(x - 10, 82, x + 10, 102), fill=(20, 20, 20, 255))
+    pictures["truck_transparent.png"] = truck
+
+    paths = []
+    for name, picture in pictures.items():
+        picture.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@cache
+def example_paths() -> list[str]:
+    return [str(path) for path in draw_examples(Path(tempfile.mkdtemp(prefix="playground-vision-")))]
+
+
+# ----------------------------------------------------------------------------------------------
+# The tab
+# ----------------------------------------------------------------------------------------------
+
+
+def _payload_source(payload) -> str | bytes | np.ndarray | Image.Image:
+    """What gr.Image sends without preprocessing (a FileData dict) -> something load_image reads."""
+    if isinstance(payload, dict):
+        if payload.get("path"):
+            return payload["path"]
+        url = payload.get("url") or ""
+        if url.startswith("data:") and "," in url:
+            return base64.b64decode(url.split(",", 1)[1])
+        raise BadImage("The upload arrived without a file; please try again.")
+    return payload
+
+
+def _choice(name: str) -> int | None:
+    """'average' -> None, 'layer 3' / 'head 3' -> index 2."""
+    return None if name == "average" else int(name.split()[-1]) - 1
+
+
+def pick_map(result: ImageResult | None, layer_name: str, head_name: str) -> np.ndarray | None:
+    """The CLS-attention picture for the chosen layer and head (from the kept result, no rerun)."""
+    if result is None:
+        return None
+    return overlay(result.display, cls_attention_map(result, _choice(layer_name), _choice(head_name)))
+
+
+def classify_handler(payload, layer_name: str = "average", head_name: str = "average"):
+    """The tab's (and /classify_image's) handler: mistakes become gr.Error, notes gr.Warning."""
+    import gradio as gr
+
+    if payload is None:
+        raise gr.Error("Upload a photo, take one with the webcam or paste one first.")
+    try:
+        result = classify_image(_payload_source(payload))
+    except (BadImage, MissingCheckpoint) as err:
+        raise gr.Error(str(err)) from None
+    for note in result.notes:
+        gr.Warning(note)
+    return (
+        result.top5,
+        enlarge(result.model_view),
+        overlay(result.display, result.rollout),
+        pick_map(result, layer_name, head_name),
+        result,
+    )
+
+
+def build() -> None:
+    import gradio as gr
+
+    if not has_checkpoint(TASK):
+        gr.Markdown(missing_message(TASK))
+        return
+    model, _ = get_model(TASK)
+    c = model.config
+    gr.Markdown(
+        f"A Vision Transformer trained from scratch on CIFAR-10 ({', '.join(c.class_names)}). It sees your "
+        f"picture as a {c.img_size}x{c.img_size} square cut into {c.grid_size}x{c.grid_size} patches of "
+        f"{c.patch_size}x{c.patch_size} pixels, one token each, plus a CLS token whose final state is classified. "
+        "Attention rollout multiplies the attention of all layers (plus the residual path) to show which "
+        "patches the CLS token drew on in the end."
+    )
+    with gr.Row():
+        with gr.Column():
+            photo = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=300)
+            run = gr.Button("Classify", variant="primary")
+            gr.Examples(example_paths(), inputs=photo, label="Drawn examples (not CIFAR images)")
+        with gr.Column():
+            label = gr.Label(num_top_classes=5, label="Top 5")
+            with gr.Row():
+                view = gr.Image(label=f"What the model saw ({c.img_size}x{c.img_size})", interactive=False)
+                rollout = gr.Image(label="Attention rollout (CLS to patches)", interactive=False)
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown(
+                "**One layer, one head.** Where the CLS token looks in a single layer and head (row 0 of its map)."
+            )
+            layer = gr.Dropdown(
+                ["average"] + [f"layer {i + 1}" for i in range(c.depth)], value="average", label="Layer"
+            )
+            head = gr.Dropdown(
+                ["average"] + [f"head {i + 1}" for i in range(c.num_heads)], value="average", label="Head"
+            )
+        cls_map = gr.Image(label="CLS-to-patch attention of the chosen layer and head", interactive=False)
+    state = gr.State()
+
+    # preprocess=False: the raw upload reaches classify_image, which opens it safely and can
+    # say what is wrong with it (gr.Image's own decoding would fail with a generic error)
+    run.click(
+        classify_handler,
+        [photo, layer, head],
+        [label, view, rollout, cls_map, state],
+        api_name="classify_image",
+        preprocess=False,
+    )
+    for control in (layer, head):
+        control.change(pick_map, [state, layer, head], cls_map, api_visibility="private")
