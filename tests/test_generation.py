@@ -1,0 +1,297 @@
+"""Text generation: Tiny Shakespeare data, the LightningModule, evaluation, the Generate tab's
+functions (streaming, KV cache, bad input) and the train CLI end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+import warnings
+from collections import deque
+from pathlib import Path
+
+import pytest
+import torch
+
+from demos import generation as tab
+from models.checkpoint import load_model, save_checkpoint
+from models.tokenizers import CharTokenizer, load_tokenizer
+from models.transformer import GPT, GPTConfig
+from training import generation
+from training.generation import Config, GenerationModule, ShakespeareData, evaluate, next_token_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "".join(f"{w.upper()}:\nthe quick brown fox jumps over the lazy dog {i}.\n\n" for i, w in enumerate("ab" * 40))
+TINY_MODEL = {"context_len": 16, "n_layers": 2, "n_heads": 2, "d_model": 32, "d_ff": 64, "dropout": 0.0}
+
+
+def tiny_config(**overrides) -> Config:
+    values = {"model": dict(TINY_MODEL), "batch_size": 8, "val_windows": 16, "warmup_steps": 2, "max_steps": 40}
+    return Config(**{**values, **overrides})
+
+
+def write_data(folder: Path, text: str = TEXT) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / generation.DATA_FILE).write_bytes(gzip.compress(text.encode("utf-8")))
+    return folder
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, monkeypatch) -> Path:
+    """A random tiny GPT over TEXT's characters, saved as checkpoints/generation for the tab."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **TINY_MODEL))
+    with torch.no_grad():  # larger weights than the 0.02 init: clear arg-max gaps, no near-ties
+        for p in model.parameters():
+            p.mul_(10.0)
+    folder = tmp_path / "checkpoints" / "generation"
+    save_checkpoint(folder, model, dtype=torch.float32)
+    tokenizer.save(folder)
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    return folder
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def test_split_and_vocabulary_on_tiny_shakespeare(shared_data):
+    text = generation.load_text(shared_data)
+    data = ShakespeareData(text, Config(), context_len=256)
+    assert len(text) == 1_115_394
+    assert data.tokenizer.vocab_size == 65
+    assert len(data.train_tokens) == int(len(text) * 0.9)  # nanoGPT's split
+    assert len(data.train_tokens) + len(data.val_tokens) == len(text)
+    assert data.tokenizer.decode(data.val_tokens[:100].tolist()) == text[int(len(text) * 0.9) :][:100]
+
+
+def test_vocabulary_round_trips_through_vocab_json(tmp_path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    tokenizer.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.chars == sorted(set(TEXT))
+    assert loaded.decode(loaded.encode(TEXT)) == TEXT
+
+
+def test_windows_are_next_character_pairs_inside_their_split():
+    config = tiny_config(val_windows=64)
+    data = ShakespeareData(TEXT, config, context_len=16)
+    ctx = 16
+    train_starts = next(iter(data.train_dataloader()))
+    inputs, targets = data.on_after_batch_transfer(train_starts, 0)
+    assert inputs.shape == targets.shape == (config.batch_size, ctx)
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are the inputs shifted by one
+    assert int(train_starts.max()) + ctx < data.n_train  # a training window never reads validation text
+    val_starts = data.val_offsets()
+    assert int(val_starts.min()) >= data.n_train and int(val_starts.max()) + ctx < len(data.tokens)
+    assert torch.equal(val_starts, data.val_offsets())  # the same fixed windows every time
+
+
+def test_too_short_text_is_refused():
+    with pytest.raises(ValueError, match="too short"):
+        ShakespeareData("abc" * 20, tiny_config(), context_len=16)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def test_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    config = tiny_config(lr=3e-3)
+    data = ShakespeareData(TEXT, config, context_len=16)
+    module = GenerationModule(config, data.tokenizer.chars)
+    optimizer = module.configure_optimizers()["optimizer"]
+    fixed = data.on_after_batch_transfer(data.val_offsets(), 0)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return next_token_loss(module.model(fixed[0]).logits, fixed[1]).item()
+
+    before = val_loss()
+    assert before == pytest.approx(math.log(data.tokenizer.vocab_size), abs=0.3)  # ~uniform at init
+    batches = iter(data.train_dataloader())
+    with warnings.catch_warnings():  # Lightning warns that self.log has no Trainer here
+        warnings.simplefilter("ignore")
+        for _ in range(30):
+            loss = module.training_step(data.on_after_batch_transfer(next(batches), 0), 0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert val_loss() < before - 0.5
+
+
+def test_evaluate_scores_every_validation_character(tmp_path):
+    data_dir = write_data(tmp_path / "data")
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **TINY_MODEL))
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, model)
+    tokenizer.save(folder)
+    n_val = len(TEXT) - int(len(TEXT) * 0.9)
+
+    metrics = evaluate(folder, data_dir)
+    assert math.isfinite(metrics["val_loss"]) and metrics["tokens"] == n_val - 1
+    assert metrics["bits_per_char"] == pytest.approx(metrics["val_loss"] / math.log(2), abs=1e-3)
+    assert evaluate(folder, data_dir, limit=2)["tokens"] == 2 * 16
+
+    # hand-computed case: all-zero weights give equal logits, so the loss is ln(vocab) exactly
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    save_checkpoint(folder, model)
+    assert evaluate(folder, data_dir)["val_loss"] == pytest.approx(math.log(tokenizer.vocab_size), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
+    data_dir, out = write_data(tmp_path / "data"), tmp_path / "out"
+    tiny = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
+    cmd = [sys.executable, "-m", "training.train", "generation", "--data-dir", str(data_dir), "--out", str(out)]
+    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--set", "max_steps=3", "val_every=3"]
+    cmd += ["val_windows=8", "batch_size=4", *tiny]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and math.isfinite(summary["last_validation"]["val_loss"])
+    model = load_model(out)
+    assert isinstance(model, GPT) and model.context_len == 16
+    assert load_tokenizer(out).chars == sorted(set(TEXT))
+    assert (tmp_path / "runs" / "generation" / "validation.jsonl").exists()
+
+
+# --- the Generate tab's functions ---------------------------------------------------------------
+
+
+def collect(**kwargs) -> tab.Update:
+    return deque(tab.generate(**kwargs), maxlen=1)[0]  # the final update
+
+
+def test_kv_cache_gives_the_same_greedy_text(tiny_checkpoint):
+    # prompt + new tokens fit in the context, where cached and uncached decoding must agree exactly
+    kwargs = {"prompt": "the quick", "max_new_tokens": 7, "temperature": 0.0}
+    cached, uncached = collect(**kwargs, use_cache=True), collect(**kwargs, use_cache=False)
+    assert cached.tokens == uncached.tokens == 7
+    assert cached.text == uncached.text
+
+
+def test_shipped_model_cache_agrees_and_writes_shakespeare_characters():
+    if not (tab_dir := ROOT / "checkpoints" / "generation").joinpath("config.json").exists():
+        pytest.skip(f"no shipped checkpoint in {tab_dir}")
+    kwargs = {"prompt": "ROMEO:\n", "max_new_tokens": 60, "temperature": 0.0}
+    cached, uncached = collect(**kwargs, use_cache=True), collect(**kwargs, use_cache=False)
+    assert cached.text == uncached.text
+    assert set(cached.text) <= set(load_tokenizer(tab_dir).chars)
+
+
+def test_stream_yields_one_more_character_each_time(tiny_checkpoint):
+    updates = list(tab.generate("ab", max_new_tokens=5, temperature=1.0, seed=3))
+    assert [u.tokens for u in updates] == [1, 2, 3, 4, 5]
+    assert all(b.text.startswith(a.text) for a, b in zip(updates, updates[1:], strict=False))
+    assert updates[-1].done and not updates[0].done
+    assert updates[-1].tokens_per_s > 0 and updates[-1].first_token_ms > 0
+    again = list(tab.generate("ab", max_new_tokens=5, temperature=1.0, seed=3))
+    assert again[-1].text == updates[-1].text  # the seed fixes the sample
+
+
+def test_unknown_empty_and_long_prompts(tiny_checkpoint):
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    prepared = tab.prepare_prompt("thé quick→fox", tokenizer, 16)
+    assert prepared.text == "th quickfox"
+    assert "'é'" in prepared.notes[0] and "'→'" in prepared.notes[0]
+
+    empty = tab.prepare_prompt("", tokenizer, 16)
+    assert empty.text == "\n" and "empty" in empty.notes[0]
+    only_unknown = tab.prepare_prompt("ÆØÅ", tokenizer, 16)
+    assert only_unknown.text == "\n" and len(only_unknown.notes) == 2
+
+    long = "the lazy dog " * 5
+    cut = tab.prepare_prompt(long, tokenizer, 16)
+    assert cut.text == long[-16:] and "last 16" in cut.notes[0]
+
+    update = collect(prompt="ñ" * 3, max_new_tokens=2, temperature=0.0)
+    assert update.prompt == "\n" and update.tokens == 2 and len(update.notes) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected", "note"),
+    [
+        ("max_new_tokens", -5, 1, "outside"),
+        ("max_new_tokens", 10**9, tab.MAX_NEW_TOKENS, "outside"),
+        ("temperature", -1.0, 0.0, "outside"),
+        ("temperature", 1e6, tab.MAX_TEMPERATURE, "outside"),
+        ("top_k", 0, None, "off"),
+        ("top_k", -3, None, "off"),
+        ("top_p", 7.0, None, "outside"),
+        ("top_p", -0.5, 0.01, "outside"),
+    ],
+)
+def test_absurd_values_are_clamped_with_a_note(field, value, expected, note):
+    settings = {"max_new_tokens": 10, "temperature": 1.0, "top_k": None, "top_p": None, "seed": 0}
+    settings[field] = value
+    notes: list[str] = []
+    sampling = tab.check_sampling(settings["temperature"], settings["top_k"], settings["top_p"], vocab_size=20)
+    n_new, _ = tab.check_length_and_seed(settings["max_new_tokens"], settings["seed"], notes)
+    got = n_new if field == "max_new_tokens" else getattr(sampling, field)
+    assert got == expected
+    assert any(note in n for n in notes + sampling.notes)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seed", 3.5), ("seed", "abc"), ("seed", -1), ("temperature", "hot"), ("temperature", float("nan"))],
+)
+def test_unusable_values_raise_a_readable_error(tiny_checkpoint, field, value):
+    kwargs = {"prompt": "the", "max_new_tokens": 3, "temperature": 1.0, "seed": 0, field: value}
+    with pytest.raises(tab.InputError, match="must be"):
+        collect(**kwargs)
+
+
+def test_next_token_distribution_is_sorted_and_matches_the_model(tiny_checkpoint):
+    model, tokenizer = load_model(tiny_checkpoint), load_tokenizer(tiny_checkpoint)
+    pairs = tab.next_token_distribution("the quick", temperature=1.0)
+    probs = [p for _, p in pairs]
+    assert len(pairs) == tab.TOP_N and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    reference = model(torch.tensor([tokenizer.encode("the quick")])).logits[0, -1].softmax(-1)
+    assert probs[0] == pytest.approx(reference.max().item(), abs=1e-5)
+    assert pairs[0][0] == tokenizer.chars[int(reference.argmax())]
+
+    assert [p for _, p in tab.next_token_distribution("the quick", 0.0)][:2] == [1.0, 0.0]  # greedy
+    top3 = [p for _, p in tab.next_token_distribution("the quick", 1.0, top_k=3)]
+    assert sum(p > 0 for p in top3) == 3 and sum(top3) == pytest.approx(1.0, abs=1e-5)
+    hot = [p for _, p in tab.next_token_distribution("the quick", 3.0)]
+    assert hot[0] < probs[0]  # a higher temperature flattens the distribution
+
+
+def test_gradio_handler_turns_mistakes_into_messages(tiny_checkpoint):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="seed must be a whole number"):
+        list(tab._stream("the", 5, 1.0, 20, 1.0, "abc", True))
+    text, stats = list(tab._stream("the", 5, 0.0, 20, 1.0, 0, True))[-1]
+    assert text.startswith("the") and len(text) == 8 and "tokens/s" in stats
+
+
+@pytest.mark.slow
+def test_generate_endpoint_streams_and_explains_bad_values(tiny_checkpoint, monkeypatch):
+    import gradio as gr
+    from gradio_client import Client
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    with gr.Blocks() as demo:
+        tab.build()
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        text, stats = client.predict("the", 10**9, 1e9, 0, 7, 3, True, api_name="/generate")
+        assert len(text) == 3 + tab.MAX_NEW_TOKENS and "1000 is used" in stats and "top-k filtering is off" in stats
+        with pytest.raises(Exception, match="seed must be a whole number"):
+            client.predict("the", 5, 1.0, 10, 1.0, "abc", True, api_name="/generate")
+        job = client.submit("the", 200, 0.8, 10, 0.9, 1, False, api_name="/generate")
+        outputs = list(job)
+        assert len(outputs) >= 2 and outputs[-1][0].startswith(outputs[0][0])  # streamed, growing
+        assert client.predict("the", 0.5, 10, 1.0, api_name="/next_token") is not None
+    finally:
+        demo.close()
