@@ -159,10 +159,11 @@ class KVCache:
         return self.k, self.v
 
     def trim(self) -> None:
-        """Drop the oldest entries beyond max_len (called after a step has used them)."""
-        if self.max_len is not None and len(self) > self.max_len:
-            self.k = self.k[:, :, -self.max_len :]
-            self.v = self.v[:, :, -self.max_len :]
+        """After a step: keep the newest max_len - 1 entries, so that the next token, appended,
+        attends to exactly max_len keys (itself included), as the cropped uncached model does."""
+        if self.max_len is not None and len(self) >= self.max_len:
+            self.k = self.k[:, :, -(self.max_len - 1) :]
+            self.v = self.v[:, :, -(self.max_len - 1) :]
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search picks which hypotheses survive)."""

@@ -83,7 +83,8 @@ class GPT(nn.Module):
 
     @property
     def rolling_cache(self) -> bool:
-        """RoPE depends on relative positions only, so old cache entries can simply drop out."""
+        """RoPE depends on relative positions only, so old cache entries can simply drop out: past
+        the context, generation becomes sliding-window attention over the last context_len keys."""
         return self.config.positional == "rope"
 
     def new_cache(self) -> DecoderCache:
