@@ -113,7 +113,6 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5 + length) / 6) ** alpha
 
 
-@torch.no_grad()
 def beam_search(
     decoder: Decoder,
     prompt: Tensor,
@@ -126,53 +125,91 @@ def beam_search(
 
     For an encoder-decoder, `decoder` must hold one source row; it is expanded to the beam.
     """
+    return beam_search_batch(decoder, prompt, beam_size, max_new_tokens, eos_id, alpha)[0]
+
+
+@torch.no_grad()
+def beam_search_batch(
+    decoder: Decoder,
+    prompts: Tensor,
+    beam_size: int,
+    max_new_tokens: int,
+    eos_id: int,
+    alpha: float = 0.6,
+) -> list[list[Hypothesis]]:
+    """Beam search for many prompts (B, T) at once: one model call per step for all B * beam rows.
+
+    Per prompt, each step takes the 2 * beam best extensions (room for ones that end), moves
+    those ending in EOS to the finished list and keeps the best `beam` others alive. A prompt stops
+    when no live beam, even at the largest length penalty, can beat its best finished one; it then
+    leaves the batch. `decoder` must hold B source rows (it is expanded to the beams).
+    Returns, per prompt, its hypotheses best first.
+    """
+    n_rows, k, device = prompts.size(0), beam_size, prompts.device
+    rows = torch.arange(n_rows, device=device).repeat_interleave(k)
     if hasattr(decoder, "reorder"):
-        decoder.reorder(torch.zeros(beam_size, dtype=torch.long, device=prompt.device))
+        decoder.reorder(rows)
     cache = decoder.new_cache()
-    tokens = prompt.expand(beam_size, -1)
-    logits = decoder.step(tokens, cache)[:, -1].float()
-    scores = torch.zeros(beam_size, device=prompt.device)
-    scores[1:] = float("-inf")  # all beams start identical: only the first may expand
-    finished: list[Hypothesis] = []
-    generated = tokens[:, :0]
+    logits = decoder.step(prompts.index_select(0, rows), cache)[:, -1].float()
+    scores = torch.full((n_rows, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams of a row start identical: only the first may expand
+    finished: list[list[Hypothesis]] = [[] for _ in range(n_rows)]
+    results: list[list[Hypothesis] | None] = [None] * n_rows
+    active = list(range(n_rows))  # prompt index of each row still searching
+    generated = prompts.new_zeros(n_rows * k, 0)
     for t in range(1, max_new_tokens + 1):
-        log_probs = logits.log_softmax(-1) + scores[:, None]  # (beam, vocab)
+        n = len(active)
+        log_probs = logits.log_softmax(-1).view(n, k, -1) + scores[:, :, None]
         vocab = log_probs.size(-1)
-        top_scores, top_index = log_probs.view(-1).topk(2 * beam_size)  # spare room for ended ones
-        beam_index, token = top_index // vocab, top_index % vocab
-        keep_beams, keep_tokens, keep_scores = [], [], []
-        for s, b, tok in zip(top_scores.tolist(), beam_index.tolist(), token.tolist(), strict=True):
-            if s == float("-inf"):
-                break
-            if tok == eos_id:
-                seq = generated[b].tolist()
-                finished.append(Hypothesis(seq, s, s / length_penalty(len(seq) + 1, alpha)))
+        top_scores, top_index = log_probs.view(n, -1).topk(2 * k)  # spare room for ended ones
+        top_beam, top_token = (top_index // vocab).tolist(), (top_index % vocab).tolist()
+        new_scores = torch.full((n, k), float("-inf"), device=device)
+        new_beams = torch.zeros(n, k, dtype=torch.long)
+        new_tokens = torch.full((n, k), eos_id, dtype=torch.long)
+        still = []
+        for i, row_scores in enumerate(top_scores.tolist()):
+            done, kept = finished[active[i]], 0
+            for s, b, tok in zip(row_scores, top_beam[i], top_token[i], strict=True):
+                if s == float("-inf"):
+                    break
+                if tok == eos_id:
+                    seq = generated[i * k + b].tolist()
+                    done.append(Hypothesis(seq, s, s / length_penalty(len(seq) + 1, alpha)))
+                else:
+                    new_scores[i, kept], new_beams[i, kept], new_tokens[i, kept] = s, b, tok
+                    kept += 1
+                if kept == k:
+                    break
+            best_alive = new_scores[i, 0].item() if kept else float("-inf")
+            best_done = max((h.score for h in done), default=float("-inf"))
+            if not kept or best_done >= best_alive / length_penalty(max_new_tokens, alpha):
+                results[active[i]] = sorted(done, key=lambda h: h.score, reverse=True)[:k]
             else:
-                keep_beams.append(b)
-                keep_tokens.append(tok)
-                keep_scores.append(s)
-            if len(keep_beams) == beam_size:
-                break
-        best_alive = max(keep_scores, default=float("-inf"))
-        best_done = max((h.score for h in finished), default=float("-inf"))
-        # stop when no live beam can still beat the best finished one (log-probs only fall)
-        if not keep_beams or best_done >= best_alive / length_penalty(max_new_tokens, alpha):
+                still.append(i)
+        if not still:
             break
-        index = torch.tensor(keep_beams, device=prompt.device)
-        scores_before = scores
-        new_tokens = torch.tensor(keep_tokens, device=prompt.device)
-        scores = torch.tensor(keep_scores, device=prompt.device)
-        generated = torch.cat([generated.index_select(0, index), new_tokens[:, None]], dim=1)
+        keep = torch.tensor(still)
+        # rows of the flat (n * k) batch that the surviving beams continue from
+        index = (keep[:, None] * k + new_beams[keep]).view(-1).to(device)
+        step_tokens = new_tokens[keep].view(-1, 1).to(device)
+        generated = torch.cat([generated.index_select(0, index), step_tokens], dim=1)
         cache.reorder(index)
-        if hasattr(decoder, "reorder") and len(keep_beams) != len(scores_before):
-            # fewer live beams than before: the (identical) source rows shrink with them
-            decoder.reorder(torch.zeros(len(keep_beams), dtype=torch.long, device=prompt.device))
+        if hasattr(decoder, "reorder"):
+            decoder.reorder(index)
+        scores = new_scores[keep.to(device)]
+        active = [active[i] for i in still]
         if t == max_new_tokens:
             break
-        logits = decoder.step(new_tokens[:, None], cache)[:, -1].float()
-    if not finished:  # nothing ended in time: the live beams are the answers
-        finished = [
-            Hypothesis(seq, s, s / length_penalty(len(seq), alpha))
-            for seq, s in zip(generated.tolist(), scores.tolist(), strict=True)
-        ]
-    return sorted(finished, key=lambda h: h.score, reverse=True)[:beam_size]
+        logits = decoder.step(step_tokens, cache)[:, -1].float()
+    for i, prompt_index in enumerate(active):
+        if results[prompt_index] is not None:
+            continue
+        done = finished[prompt_index]
+        if not done:  # nothing ended in time: the live beams are the answers
+            done = [
+                Hypothesis(seq, s, s / length_penalty(len(seq), alpha))
+                for seq, s in zip(generated[i * k : (i + 1) * k].tolist(), scores[i].tolist(), strict=True)
+                if s != float("-inf")
+            ]
+        results[prompt_index] = sorted(done, key=lambda h: h.score, reverse=True)[:k]
+    return results

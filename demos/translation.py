@@ -1,0 +1,236 @@
+"""The Translate tab: English <-> German and English <-> French with one encoder-decoder, and the
+cross-attention map that shows which source tokens each target token looked at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gradio as gr
+import numpy as np
+import torch
+
+from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
+from demos.plots import attention_heatmap
+from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, translate_ids
+
+TITLE = "Translate"
+TASK = "translation"
+PIVOT = "en"  # the model learned only to and from English; de <-> fr goes through it
+MAX_BEAM = 8
+LONG_WORD = 25  # characters; Multi30k's longest ordinary words are shorter
+EXAMPLES = [
+    ["A man in a blue shirt is playing a guitar on the street.", "English", "German", 4],
+    ["Zwei Hunde spielen im Schnee.", "German", "English", 4],
+    ["Two children are running along the beach.", "English", "French", 4],
+    ["Une femme lit un livre dans un parc.", "French", "English", 4],
+]
+
+
+class InputError(ValueError):
+    """A request the user can fix; the message says how."""
+
+
+@dataclass
+class Translation:
+    text: str
+    source_tokens: list[str]  # subword pieces the encoder read, ending with </s>
+    target_tokens: list[str]  # pieces produced, ending with </s> (one per decoder step)
+    cross_attention: np.ndarray  # (layers, heads, len(target_tokens), len(source_tokens))
+    notes: list[str] = field(default_factory=list)  # warnings for the user
+
+
+def language_code(value: str) -> str:
+    """'German' or 'de' -> 'de'."""
+    for code, name in LANGUAGES.items():
+        if value in (code, name):
+            return code
+    raise InputError(f"{value} is not in the list of choices for a language: {', '.join(LANGUAGES.values())}.")
+
+
+def translate(text: str, source: str = "en", target: str = "de", beam_size: int = 4) -> Translation:
+    """Translate `text` from `source` to `target` (codes or names) with beam search.
+
+    Raises InputError for empty text, equal languages, a bad beam size, or text with nothing the
+    model can read; problems it can work around (too long, unknown characters, very long words,
+    German <-> French) become notes on the result.
+    """
+    text = "" if text is None else str(text).strip()
+    if not text:
+        raise InputError("There is nothing to translate: type a sentence first.")
+    source, target = language_code(source), language_code(target)
+    if source == target:
+        raise InputError(f"Source and target are both {LANGUAGES[source]}: pick a different target language.")
+    beam_size = beam_width(beam_size)
+    if PIVOT not in (source, target):
+        first = translate(text, source, PIVOT, beam_size)
+        if not first.text.strip():
+            raise InputError(f"The model found no English for this text, so it cannot go on to {LANGUAGES[target]}.")
+        second = translate(first.text, PIVOT, target, beam_size)
+        note = (
+            f"The model learned only to and from English, so {LANGUAGES[source]} -> {LANGUAGES[target]} went "
+            f'through English ("{first.text}"); the attention map shows the English -> {LANGUAGES[target]} step.'
+        )
+        second.notes = first.notes + [note] + second.notes
+        return second
+    model, tokenizer = get_model(TASK)
+    source_ids, notes = read_source(tokenizer, text, model.config.max_len)
+    output = translate_ids(model, [source_ids], language_id(tokenizer, target), beam_size)[0]
+    if not output:
+        notes.append("The model produced an empty translation.")
+    decoder_input = [language_id(tokenizer, target)] + output
+    return Translation(
+        text=tokenizer.decode(output, skip_special_tokens=True),
+        source_tokens=[tokenizer.id_to_token(i) for i in source_ids],
+        target_tokens=[tokenizer.id_to_token(i) for i in output] + ["</s>"],
+        cross_attention=cross_attention(model, source_ids, decoder_input),
+        notes=notes,
+    )
+
+
+def beam_width(value) -> int:
+    """The beam size as a whole number in 1..MAX_BEAM, or InputError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer():
+        raise InputError(f"Beam size must be a whole number from 1 to {MAX_BEAM}, not {value!r}.")
+    if number < 1:
+        raise InputError(f"Beam size {value} is less than minimum value 1.")
+    if number > MAX_BEAM:
+        raise InputError(f"Beam size {value} is greater than maximum value {MAX_BEAM}.")
+    return int(number)
+
+
+def read_source(tokenizer, text: str, max_len: int) -> tuple[list[int], list[str]]:
+    """Source ids + </s> within max_len, and notes on what was left out or may go wrong."""
+    encoding = tokenizer.encode(text)
+    notes = []
+    unknown = [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets, strict=True) if i == UNK_ID]
+    kept = [(i, end) for i, (_, end) in zip(encoding.ids, encoding.offsets, strict=True) if i != UNK_ID]
+    if unknown:
+        shown = " ".join(dict.fromkeys(unknown))
+        notes.append(f"Left out characters the model has never seen (it knows English, German and French): {shown}")
+    if not tokenizer.decode([i for i, _ in kept]).strip():
+        raise InputError(
+            "The model cannot read any of this text: it knows English, German and French words, "
+            "not emoji or other scripts."
+        )
+    long_words = [w for w in text.split() if len(w) > LONG_WORD]
+    if long_words:
+        shown = ", ".join(w[:LONG_WORD] + "…" for w in long_words[:3])
+        notes.append(f"Very long words ({shown}) are read as many small pieces and may not translate well.")
+    if len(kept) > max_len - 1:
+        end = kept[max_len - 2][1]
+        notes.append(
+            f"The text is {len(kept)} tokens long but the model reads at most {max_len - 1}: "
+            f'only the beginning was translated (up to "…{text[max(0, end - 40) : end]}").'
+        )
+        kept = kept[: max_len - 1]
+    return [i for i, _ in kept] + [EOS_ID], notes
+
+
+@torch.no_grad()
+def cross_attention(model, source_ids: list[int], decoder_input: list[int]) -> np.ndarray:
+    """Cross-attention weights of every decoder layer and head, (layers, heads, T_tgt, T_src)."""
+    out = model(torch.tensor([source_ids]), torch.tensor([decoder_input]), need_weights=True)
+    layers = [a["cross"][0] for a in out.attentions if "cross" in a]
+    return torch.stack(layers).float().numpy()
+
+
+def selector_choices(count: int) -> list[str]:
+    """A layer or head selector's choices: "average", "1", ..., str(count)."""
+    return ["average"] + [str(i + 1) for i in range(count)]
+
+
+def check_selector(value, count: int, what: str) -> None:
+    if str(value) not in selector_choices(count):
+        raise InputError(f"{value} is not in the list of choices for the {what}: average or 1 to {count}.")
+
+
+def attention_figure(result: Translation | None, layer: str, head: str):
+    """The heatmap for one layer/head (numbered from 1), or their average ("average")."""
+    if result is None or result.cross_attention.size == 0:
+        return None
+    weights = result.cross_attention
+    check_selector(layer, weights.shape[0], "layer")
+    check_selector(head, weights.shape[1], "head")
+    weights = weights.mean(axis=0) if layer == "average" else weights[int(layer) - 1]
+    weights = weights.mean(axis=0) if head == "average" else weights[int(head) - 1]
+    title = f"Cross-attention, layer {layer}, head {head}"
+    return attention_heatmap(
+        weights, result.target_tokens, result.source_tokens, title, query_axis="target", key_axis="source"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The tab
+# ----------------------------------------------------------------------------------------------
+
+
+def _on_translate(text: str, source: str, target: str, beam_size: float, layer: str, head: str):
+    """Runs with preprocess=False: API values arrive as sent, and translate() explains bad ones."""
+    try:
+        model, _ = get_model(TASK)
+        check_selector(layer, model.config.n_decoder_layers, "layer")
+        check_selector(head, model.config.n_heads, "head")
+        result = translate(text, source, target, beam_size)
+    except (InputError, MissingCheckpoint) as error:
+        raise gr.Error(str(error)) from None
+    for note in result.notes:
+        gr.Warning(note)
+    notes = "\n".join(f"- {note}" for note in result.notes)
+    return result.text, notes, attention_figure(result, layer, head), result
+
+
+def _swap(text: str, translation: str, source: str, target: str):
+    """Swap the languages; the translation becomes the new source text."""
+    return (translation or text), "", target, source
+
+
+def build() -> None:
+    if not has_checkpoint(TASK):
+        gr.Markdown(missing_message(TASK))
+        return
+    model, _ = get_model(TASK)
+    names = list(LANGUAGES.values())
+    gr.Markdown(
+        "One encoder-decoder Transformer, trained from scratch on Multi30k image captions, translates "
+        "English <-> German and English <-> French (German <-> French goes through English). "
+        "It knows short descriptions of everyday scenes best."
+    )
+    with gr.Row():
+        with gr.Column():
+            text = gr.Textbox(
+                label="Source text", lines=3, max_length=2000, placeholder="A dog runs through the grass."
+            )
+            with gr.Row():
+                source = gr.Dropdown(names, value="English", label="From")
+                swap = gr.Button("⇄ Swap", scale=0, min_width=80)
+                target = gr.Dropdown(names, value="German", label="To")
+            beam = gr.Slider(1, MAX_BEAM, value=4, step=1, label="Beam size (1 = greedy)")
+            go = gr.Button("Translate", variant="primary")
+        with gr.Column():
+            translation = gr.Textbox(label="Translation", lines=3, interactive=False)
+            notes = gr.Markdown(label="Notes")
+    gr.Examples(EXAMPLES, inputs=[text, source, target, beam])
+    gr.Markdown(
+        "**Cross-attention.** One row per piece the decoder wrote, one column per source piece: a dark "
+        "cell means that output looked hard at that input. Pick a decoder layer and head, or average them."
+    )
+    with gr.Row():
+        layer = gr.Dropdown(selector_choices(model.config.n_decoder_layers), value="average", label="Layer")
+        head = gr.Dropdown(selector_choices(model.config.n_heads), value="average", label="Head")
+    plot = gr.Plot(label="Cross-attention")
+    state = gr.State(None)
+
+    inputs = [text, source, target, beam, layer, head]
+    outputs = [translation, notes, plot, state]
+    # preprocess=False: API values reach translate()'s checks as sent (a text beam size gets a sentence)
+    go.click(_on_translate, inputs, outputs, api_name="translate", preprocess=False)
+    text.submit(_on_translate, inputs, outputs, api_visibility="private", preprocess=False)
+    swap.click(
+        _swap, [text, translation, source, target], [text, translation, source, target], api_visibility="private"
+    )
+    for selector in (layer, head):
+        selector.change(attention_figure, [state, layer, head], plot, api_visibility="private")
