@@ -1,0 +1,89 @@
+"""Audio-tab latency for a 1 s clip with the shipped model on this machine's CPU (target: p95
+<= 100 ms): the model's forward pass with and without attention maps, and the tab's whole
+function `demos.audio.classify_audio` on a 1 s 16-bit mono WAV recorded at 48 kHz, as a browser
+microphone makes it (read, resample, trim, normalise, forward with maps, rollout, log-mel).
+
+    python -m bench.audio                      # 2 threads, 200 calls each
+    python -m bench.audio --threads 1 --repeats 500
+
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from bench.vision import latencies_ms
+from demos.audio import classify_audio, formant_voice
+from demos.common import checkpoint_dir, get_model
+from models.audio import prepare_waveform
+
+MIC_RATE = 48000
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (a Space has 2 cores)")
+    p.add_argument("--repeats", type=int, default=200)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, _ = get_model("audio")
+
+    # one second of sound, no silence to trim, so the model hears the full second
+    voice = formant_voice([(300, 1500, 2500), (750, 1200, 2500), (400, 2000, 2600)], 1.0, MIC_RATE)
+    clip = Path(tempfile.mkdtemp(prefix="bench-audio-")) / "one_second_48k.wav"
+    sf.write(clip, voice, MIC_RATE, subtype="PCM_16")
+    waveform = prepare_waveform(voice, MIC_RATE, model.config)[0][None]
+
+    def forward(need_weights: bool):
+        def call():
+            with torch.inference_mode():
+                return model(waveform, need_weights=need_weights)
+
+        return call
+
+    end_to_end_name = "classify_audio(1 s WAV, 48 kHz), end to end"
+    cases = {
+        "forward, no attention maps": latencies_ms(forward(False), args.repeats),
+        "forward + attention maps": latencies_ms(forward(True), args.repeats),
+        end_to_end_name: latencies_ms(lambda: classify_audio(str(clip)), args.repeats),
+    }
+    stats = {
+        name: {"p50_ms": round(float(np.percentile(t, 50)), 2), "p95_ms": round(float(np.percentile(t, 95)), 2)}
+        for name, t in cases.items()
+    }
+    end_to_end = stats[end_to_end_name]["p95_ms"]
+    result = {
+        "bench": "audio",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "clip_s": waveform.size(-1) / model.config.sample_rate,
+        "tokens": int(model.config.n_tokens(model.config.n_frames(waveform.size(-1)))),
+        "latency": stats,
+        "p95_ms_end_to_end": end_to_end,
+        "target": {"p95_ms_end_to_end": "<= 100"},
+        "meets_target": end_to_end <= 100,
+        "params": sum(p.numel() for p in model.parameters()),
+        "checkpoint": str(checkpoint_dir("audio")),
+        "hardware": f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)",
+        "date": date.today().isoformat(),
+    }
+    print(f"Audio tab latency for a 1 s clip, {args.threads} threads, {args.repeats} calls each")
+    print(f"  {'':<45} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, s in stats.items():
+        print(f"  {name:<45} {s['p50_ms']:>8.2f} {s['p95_ms']:>8.2f}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

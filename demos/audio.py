@@ -1,0 +1,310 @@
+"""The Audio tab: say a digit (or upload a recording) and our spectrogram transformer names it,
+showing the log-mel spectrogram it heard and, under it, which moments its CLS token attended to.
+
+`classify_audio(audio) -> AudioResult` is the plain inference function (tests and the API call
+it); `build()` lays out the tab. Files are read with soundfile (WAV of any bit depth, FLAC, OGG,
+...); a recording of any rate, channel count and length is brought to the model's 8 kHz mono by
+`models.audio.prepare_waveform`, and whatever cannot be used is refused with a sentence saying why.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
+from models.analysis import attention_rollout
+from models.audio import log_mel, prepare_waveform
+
+TITLE = "Audio"
+TASK = "audio"
+MAX_READ_SECONDS = 600  # longer files: only the first ten minutes are read
+
+
+class BadAudio(ValueError):
+    """Input that is not usable audio; the message is meant for the person who sent it."""
+
+
+@dataclass
+class AudioResult:
+    top3: dict[str, float]  # digit -> probability, most likely first
+    spectrogram: np.ndarray  # (n_mels, frames) log-mel in dB of the prepared 8 kHz clip
+    frame_times: np.ndarray  # (frames,) seconds
+    token_times: np.ndarray  # (tokens,) seconds: centre of each frame-patch token
+    token_seconds: float  # how much time one token covers
+    cls_attention: np.ndarray  # (layers, heads, tokens): CLS-to-token weights
+    rollout: np.ndarray  # (tokens,): attention rollout from CLS, sums to 1
+    duration_s: float  # length of the prepared clip the model heard
+    band_hz: np.ndarray  # (n_mels,) centre frequency of each mel band
+    notes: list[str] = field(default_factory=list)
+
+
+def read_audio(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
+    """An audio file -> (sample rate, float32 (samples, channels), notes). Raises BadAudio."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadAudio(f"No such file: {path.name}.")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise BadAudio(
+            f"{path.name} is not an audio file that can be read (try WAV, FLAC or OGG; MP3 may also work)."
+        ) from err
+    notes = []
+    frames = info.frames
+    if info.samplerate and frames > MAX_READ_SECONDS * info.samplerate:
+        frames = int(MAX_READ_SECONDS * info.samplerate)
+        notes.append(
+            f"The file lasts {info.duration / 60:.0f} minutes; only its first {MAX_READ_SECONDS // 60} were read."
+        )
+    try:
+        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise BadAudio(f"{path.name} is damaged or incomplete and could not be decoded.") from err
+    return int(rate), data, notes
+
+
+def classify_audio(audio) -> AudioResult:
+    """A file path or a (sample_rate, samples) tuple (as gr.Audio gives) -> top 3 digits, the
+    spectrogram, CLS attention over time and notes. Raises BadAudio, or MissingCheckpoint."""
+    if audio is None:
+        raise BadAudio("No audio: record a digit with the microphone or upload a recording first.")
+    if isinstance(audio, (str, Path)):
+        rate, samples, notes = read_audio(audio)
+    elif isinstance(audio, (tuple, list)) and len(audio) == 2:
+        rate, samples = audio
+        notes = []
+    else:
+        raise BadAudio(f"Expected a file path or a (sample_rate, samples) pair, got {type(audio).__name__}.")
+    model, _ = get_model(TASK)
+    c = model.config
+    try:
+        waveform, prepare_notes = prepare_waveform(np.asarray(samples), rate, c)
+    except ValueError as err:
+        raise BadAudio(str(err)) from None
+    with torch.inference_mode():
+        out = model(waveform[None], need_weights=True)
+        probs = out.logits.softmax(-1)[0]
+        layers = [a["self"] for a in out.attentions]
+        cls = torch.stack([w[0, :, 0, 1:] for w in layers])  # CLS query row, token columns
+        flow = attention_rollout(layers)[0, 0, 1:]
+    top = probs.topk(3)
+    spec = log_mel(waveform, c)
+    n_tokens = cls.size(-1)
+    return AudioResult(
+        top3={c.class_names[i]: float(p) for p, i in zip(top.values, top.indices, strict=True)},
+        spectrogram=spec,
+        frame_times=c.frame_times(spec.shape[1]),
+        token_times=c.token_times(n_tokens),
+        token_seconds=c.patch_frames * c.hop_length / c.sample_rate,
+        cls_attention=cls.numpy(),
+        rollout=(flow / flow.sum()).numpy(),
+        duration_s=waveform.numel() / c.sample_rate,
+        band_hz=model.frontend.mel.mel_scale.fb.argmax(0).numpy() * c.sample_rate / c.n_fft,
+        notes=notes + prepare_notes,
+    )
+
+
+def attention_over_time(result: AudioResult, layer: int | None = None, head: int | None = None) -> np.ndarray:
+    """(tokens,) CLS attention: rollout when layer is None, else that layer's head (None: mean)."""
+    if layer is None:
+        return result.rollout
+    weights = result.cls_attention[layer]
+    return weights.mean(0) if head is None else weights[head]
+
+
+def spectrogram_figure(result: AudioResult, layer: int | None = None, head: int | None = None):
+    """The log-mel spectrogram with the CLS attention drawn under it on the same time axis."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    which = (
+        "attention rollout (all layers)"
+        if layer is None
+        else f"layer {layer + 1}, " + ("mean of heads" if head is None else f"head {head + 1}")
+    )
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
+    fig.add_trace(
+        go.Heatmap(
+            z=result.spectrogram,
+            x=result.frame_times,
+            colorscale="Magma",
+            colorbar={"title": "dB", "len": 0.6, "y": 0.7},
+            customdata=np.repeat(result.band_hz[:, None], result.spectrogram.shape[1], axis=1),
+            hovertemplate="%{x:.2f} s<br>mel band %{y} (%{customdata:.0f} Hz)<br>%{z:.0f} dB<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=result.token_times,
+            y=attention_over_time(result, layer, head),
+            width=result.token_seconds,
+            marker_color="#e4572e",
+            hovertemplate="%{x:.2f} s<br>attention %{y:.3f}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    ticks = np.arange(0, len(result.band_hz), 8)
+    fig.update_yaxes(
+        title_text="frequency (Hz)", tickvals=ticks, ticktext=[f"{result.band_hz[i]:.0f}" for i in ticks], row=1, col=1
+    )
+    fig.update_yaxes(title_text="CLS attention", row=2, col=1, rangemode="tozero")
+    fig.update_xaxes(title_text="time (s)", row=2, col=1, range=[0, max(result.duration_s, 0.05)])
+    fig.update_layout(
+        title=f"What the model heard, and where its CLS token looked: {which}",
+        height=460,
+        margin={"l": 60, "r": 20, "t": 60, "b": 40},
+        showlegend=False,
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Examples: synthesised here, so the tab ships no dataset recordings
+# ----------------------------------------------------------------------------------------------
+
+
+def formant_voice(tracks: list[tuple[float, float, float]], seconds: float, rate: int, f0: float = 120.0) -> np.ndarray:
+    """A crude vowel synthesiser (source-filter model): a glottal pulse train through three
+    resonators whose frequencies glide through `tracks` [(F1, F2, F3), ...] evenly in time."""
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    pitch = f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t)) * np.linspace(1.1, 0.9, n)  # a falling, wobbly pitch
+    phase = np.cumsum(pitch / rate) % 1.0
+    source = np.diff(phase, prepend=phase[0]) < 0  # one pulse per glottal cycle
+    points = np.linspace(0, n - 1, len(tracks))
+    out = source.astype(np.float64)
+    for k in range(3):
+        freq = np.interp(np.arange(n), points, [f[k] for f in tracks])
+        r = np.exp(-np.pi * (60 + 20 * k) / rate)  # bandwidths of 60, 80, 100 Hz
+        a1, a2 = -2 * r * np.cos(2 * np.pi * freq / rate), r * r
+        y, y1, y2 = np.zeros(n), 0.0, 0.0
+        for i in range(n):  # a two-pole resonator with moving coefficients
+            y[i] = out[i] - a1[i] * y1 - a2 * y2
+            y1, y2 = y[i], y1
+        out = y
+    envelope = np.minimum(1.0, np.minimum(t, seconds - t) / 0.04)  # 40 ms fade in and out
+    out = out * envelope
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+def synthesise_examples(folder: Path) -> list[tuple[Path, str]]:
+    """Write a few short recordings (robot voices, a tone, noise) in several formats; return
+    (path, label) pairs."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    examples = []
+
+    def write(name: str, rate: int, data: np.ndarray, subtype: str, label: str) -> None:
+        sf.write(folder / name, data, rate, subtype=subtype)
+        examples.append((folder / name, label))
+
+    nine = formant_voice([(300, 1500, 2500), (750, 1200, 2500), (700, 1400, 2500), (400, 2000, 2600)], 0.6, 16000)
+    write("robot_nine_16k.wav", 16000, nine, "PCM_16", "robot 'nine' (formant synth, 16 kHz)")
+    oh = formant_voice([(450, 850, 2400), (500, 900, 2400), (320, 800, 2300)], 0.5, 44100, f0=160)
+    stereo = np.stack([oh, 0.7 * oh], axis=1)
+    write("robot_oh_stereo_44k.wav", 44100, stereo, "PCM_24", "robot 'oh' (stereo, 24-bit, 44.1 kHz)")
+    t = np.arange(int(0.5 * 48000)) / 48000
+    tone = np.concatenate([np.zeros(48000), 0.3 * np.sin(2 * np.pi * 440 * t), np.zeros(48000)]).astype(np.float32)
+    write("tone_with_silence_48k.wav", 48000, tone, "FLOAT", "440 Hz tone between 1 s silences (float, 48 kHz)")
+    noise = (0.2 * rng.standard_normal(8000)).astype(np.float32)
+    write("noise_burst.flac", 8000, noise, "PCM_16", "white noise (FLAC)")
+    return examples
+
+
+@cache
+def examples() -> list[tuple[str, str]]:
+    folder = Path(tempfile.mkdtemp(prefix="playground-audio-"))
+    return [(str(path), label) for path, label in synthesise_examples(folder)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The tab
+# ----------------------------------------------------------------------------------------------
+
+ROLLOUT = "rollout (all layers)"
+MEAN = "mean of heads"
+
+
+def _layer_head(layer_name: str, head_name: str) -> tuple[int | None, int | None]:
+    """'rollout (all layers)' -> None, 'layer 3' -> 2; 'mean of heads' -> None, 'head 2' -> 1."""
+    layer = None if layer_name == ROLLOUT else int(layer_name.split()[-1]) - 1
+    head = None if head_name == MEAN else int(head_name.split()[-1]) - 1
+    return layer, head
+
+
+def redraw(result: AudioResult | None, layer_name: str, head_name: str):
+    """The figure for another layer/head, from the kept result (no rerun of the model)."""
+    if result is None:
+        return None
+    return spectrogram_figure(result, *_layer_head(layer_name, head_name))
+
+
+def classify_handler(audio, layer_name: str = ROLLOUT, head_name: str = MEAN):
+    """The tab's (and /classify_audio's) handler: mistakes become gr.Error, notes gr.Warning."""
+    import gradio as gr
+
+    try:
+        result = classify_audio(audio)
+    except (BadAudio, MissingCheckpoint) as err:
+        raise gr.Error(str(err)) from None
+    for note in result.notes:
+        if not note.startswith(("Resampled", "Mixed")):  # routine steps are listed, not warned
+            gr.Warning(note)
+    summary = f"Heard {result.duration_s:.2f} s after trimming silence." + "".join(f"\n- {n}" for n in result.notes)
+    return result.top3, redraw(result, layer_name, head_name), summary, result
+
+
+def build() -> None:
+    import gradio as gr
+
+    if not has_checkpoint(TASK):
+        gr.Markdown(missing_message(TASK))
+        return
+    model, _ = get_model(TASK)
+    c = model.config
+    token_ms = 1000 * c.patch_frames * c.hop_length / c.sample_rate
+    gr.Markdown(
+        f"Say one digit (zero to nine, in English) or upload a recording. A transformer trained from scratch "
+        f"on the Free Spoken Digit Dataset (six speakers) hears it at {c.sample_rate // 1000} kHz as a log-mel "
+        f"spectrogram ({c.n_mels} bands, a frame every {1000 * c.hop_length // c.sample_rate} ms), cut into "
+        f"tokens of {token_ms:.0f} ms, plus a CLS token whose final state is classified. Under the spectrogram: "
+        "how much the CLS token attended to each moment. Recordings are mixed to mono, resampled, trimmed of "
+        f"silence, cut to the loudest {c.clip_seconds:g} s and set to a fixed loudness first. Your voice is not "
+        "one of the six it learned from, so expect mistakes."
+    )
+    with gr.Row():
+        with gr.Column():
+            audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="A spoken digit")
+            run = gr.Button("Classify", variant="primary")
+            paths, labels = zip(*examples(), strict=True)
+            gr.Examples(
+                [[p] for p in paths],
+                inputs=audio,
+                example_labels=[f"{label}: synthetic, not a real voice" for label in labels],
+                label="Synthesised examples (no real speech; the model may name any digit)",
+            )
+        with gr.Column():
+            top3 = gr.Label(num_top_classes=3, label="Top 3 digits")
+            notes = gr.Markdown()
+    with gr.Row():
+        layer = gr.Dropdown([ROLLOUT] + [f"layer {i + 1}" for i in range(c.n_layers)], value=ROLLOUT, label="Layer")
+        head = gr.Dropdown([MEAN] + [f"head {i + 1}" for i in range(c.n_heads)], value=MEAN, label="Head")
+    plot = gr.Plot(label="Log-mel spectrogram and CLS attention over time")
+    state = gr.State()
+
+    run.click(classify_handler, [audio, layer, head], [top3, plot, notes, state], api_name="classify_audio")
+    for control in (layer, head):
+        control.change(redraw, [state, layer, head], plot, api_visibility="private")

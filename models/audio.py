@@ -1,0 +1,299 @@
+"""A spectrogram transformer for spoken digits (notes: "Applications", audio).
+
+waveform (8 kHz) -> log-mel spectrogram -> tokens of a few consecutive frames (all mel bands)
+-> [CLS] + tokens + positions -> transformer encoder (models.transformer) -> 10-way head on CLS.
+
+The spectrogram front end lives inside the model, so a checkpoint is all the app needs. Real
+recordings differ from the training clips, so `prepare_waveform` brings any recording to what the
+model was trained on: mono, float, 8 kHz, silence trimmed, at most `clip_seconds`, fixed loudness.
+Training runs its augmented clips through the same function, so both sides see the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from models.transformer import EncoderClassifier, EncoderClassifierConfig, Output
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 8000  # the dataset's rate; every input is resampled to it
+    clip_seconds: float = 2.5  # longest stretch the model hears (the dataset's longest clip is 2.3 s)
+    n_fft: int = 256  # 32 ms analysis window
+    hop_length: int = 80  # 10 ms between frames
+    n_mels: int = 40  # <= 64, or the 8 kHz filterbank gets empty bands
+    f_min: float = 20.0
+    f_max: float = 4000.0
+    top_db: float = 80.0  # floor of each clip's spectrogram, below its loudest bin
+    normalise: str = "clip"  # "clip": one mean per clip; "band": a mean per mel band (cepstral mean normalisation)
+    patch_frames: int = 4  # frames per token (40 ms of all mel bands)
+    patch_stride: int = 4  # frames between token starts (< patch_frames: overlapping tokens)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 256
+    dropout: float = 0.1
+    positional: str = "learned"
+    num_classes: int = 10
+    class_names: list[str] = field(default_factory=lambda: list(DIGITS))
+
+    @property
+    def max_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform that still makes one token."""
+        return self.n_fft + (self.patch_frames - 1) * self.hop_length
+
+    def n_frames(self, samples: Tensor | int):
+        """Frames that lie wholly inside `samples` (no edge padding, so batching changes nothing)."""
+        return (samples - self.n_fft) // self.hop_length + 1
+
+    def n_tokens(self, frames: Tensor | int):
+        return (frames - self.patch_frames) // self.patch_stride + 1
+
+    @property
+    def max_tokens(self) -> int:
+        return self.n_tokens(self.n_frames(self.max_samples))
+
+    def frame_times(self, n: int) -> np.ndarray:
+        """Centre of each frame, in seconds from the start of the prepared waveform."""
+        return (np.arange(n) * self.hop_length + self.n_fft / 2) / self.sample_rate
+
+    def token_times(self, n: int) -> np.ndarray:
+        """Centre of each token, in seconds (the time axis of the CLS attention)."""
+        centre_frame = np.arange(n) * self.patch_stride + (self.patch_frames - 1) / 2
+        return (centre_frame * self.hop_length + self.n_fft / 2) / self.sample_rate
+
+
+class LogMelSpectrogram(nn.Module):
+    """waveforms (B, samples) -> log-mel power in dB (B, n_mels, frames), frames without padding."""
+
+    def __init__(self, c: AudioConfig) -> None:
+        super().__init__()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=c.sample_rate,
+            n_fft=c.n_fft,
+            hop_length=c.hop_length,
+            f_min=c.f_min,
+            f_max=c.f_max,
+            n_mels=c.n_mels,
+            center=False,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=None)
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        # float32 even under bf16 autocast: dB of tiny powers needs the precision
+        with torch.autocast(waveforms.device.type, enabled=False):
+            return self.to_db(self.mel(waveforms.float()))
+
+
+class AudioTransformer(nn.Module):
+    """Log-mel front end + frame-patch tokens + `EncoderClassifier` (CLS token, encoder, head)."""
+
+    architecture = "audio_transformer"
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.frontend = LogMelSpectrogram(c)
+        self.classifier = EncoderClassifier(
+            EncoderClassifierConfig(
+                input_dim=c.n_mels * c.patch_frames,
+                num_classes=c.num_classes,
+                max_len=c.max_tokens,
+                n_layers=c.n_layers,
+                n_heads=c.n_heads,
+                d_model=c.d_model,
+                d_ff=c.d_ff,
+                dropout=c.dropout,
+                positional=c.positional,
+            )
+        )
+
+    def spectrogram(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, samples) -> (normalised log-mel (B, n_mels, frames), valid frames per row).
+
+        Each clip is standardised over its own valid frames: a gain is a constant offset in dB, so
+        this makes the model deaf to loudness and to a microphone's overall level. With
+        normalise="band" each mel band loses its own mean (tried for unseen speakers: the random
+        EQ augmentation in training/audio.py did better, so "clip" is the default)."""
+        c = self.config
+        waveforms, lengths = self._fit_length(waveforms, lengths)
+        db = self.frontend(waveforms)
+        frames = c.n_frames(lengths)
+        valid = torch.arange(db.size(-1), device=db.device)[None, :] < frames[:, None]  # (B, frames)
+        valid = valid[:, None, :]
+        peak = db.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
+        db = torch.maximum(db, peak - c.top_db)  # AmplitudeToDB's top_db, per clip and padding-aware
+        if c.normalise == "band":  # removes each microphone's (and voice's) average spectral colour
+            mean = (db * valid).sum(dim=2, keepdim=True) / valid.sum(dim=2, keepdim=True)
+        else:
+            mean = (db * valid).sum(dim=(1, 2), keepdim=True) / (valid.sum(dim=(1, 2), keepdim=True) * db.size(1))
+        count = valid.sum(dim=(1, 2), keepdim=True) * db.size(1)
+        var = (((db - mean) * valid) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        spec = ((db - mean) / (var.sqrt() + 1e-5)).masked_fill(~valid, 0.0)
+        return spec, frames
+
+    def tokens(self, spec: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, n_mels, frames) -> patches of `patch_frames` frames x all bands (B, T, n_mels * k)."""
+        c = self.config
+        patches = spec.unfold(-1, c.patch_frames, c.patch_stride)  # (B, n_mels, T, k)
+        patches = patches.permute(0, 2, 1, 3).flatten(2)  # (B, T, n_mels * k)
+        return patches, c.n_tokens(frames)
+
+    def classify(self, spec: Tensor, frames: Tensor, need_weights: bool = False) -> Output:
+        x, n_tokens = self.tokens(spec, frames)
+        return self.classifier(x, n_tokens, need_weights)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None, need_weights: bool = False) -> Output:
+        """waveforms (B, samples) at `sample_rate`, zero-padded; lengths: real samples per row.
+
+        attentions: per layer {"self": (B, heads, 1 + T, 1 + T)}; position 0 is CLS."""
+        spec, frames = self.spectrogram(waveforms, lengths)
+        return self.classify(spec, frames, need_weights)
+
+    def _fit_length(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Crop to clip_seconds (the positions the model knows), pad to at least one token."""
+        c = self.config
+        if lengths is None:
+            lengths = torch.full((waveforms.size(0),), waveforms.size(-1), device=waveforms.device)
+        waveforms = waveforms[:, : c.max_samples]
+        if waveforms.size(-1) < c.min_samples:
+            waveforms = nn.functional.pad(waveforms, (0, c.min_samples - waveforms.size(-1)))
+        lengths = lengths.clamp(c.min_samples, c.max_samples)
+        return waveforms, lengths
+
+
+# ----------------------------------------------------------------------------------------------
+# From any recording to what the model was trained on
+# ----------------------------------------------------------------------------------------------
+
+SILENCE_DB = -80.0  # a recording whose loudest sample is below this (dBFS) is treated as silent
+TRIM_DB = -40.0  # 10 ms frames this far below the loudest frame count as silence at the edges
+TARGET_RMS_DB = -20.0  # loudness of every prepared clip (RMS over the trimmed clip, dBFS)
+
+
+def to_float_mono(samples: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Any int/float array, (samples,), (samples, channels) or (channels, samples) -> float32 mono."""
+    x = np.asarray(samples)
+    notes: list[str] = []
+    if x.dtype.kind not in "iuf":
+        raise ValueError(f"Audio samples must be numbers, not {x.dtype} values.")
+    if x.size == 0:
+        raise ValueError("The audio is empty: it has no samples.")
+    if x.ndim > 2:
+        raise ValueError(f"Audio must be one channel or a (samples, channels) array, not shape {x.shape}.")
+    if x.dtype.kind == "u":  # unsigned PCM (8-bit WAV) sits around the middle of its range
+        info = np.iinfo(x.dtype)
+        x = (x.astype(np.float32) - (info.max + 1) / 2) / ((info.max + 1) / 2)
+    elif x.dtype.kind == "i":
+        x = x.astype(np.float32) / -float(np.iinfo(x.dtype).min)
+    if not np.isfinite(x).all():
+        raise ValueError("The audio contains NaN or infinite sample values, so it is damaged and was not classified.")
+    if x.ndim == 2:
+        # (samples, channels) as soundfile and Gradio give it; (channels, samples) as torchaudio does
+        if x.shape[0] <= 16 and x.shape[1] > x.shape[0]:
+            x = x.T
+        if x.shape[1] > 1:
+            notes.append(f"Mixed {x.shape[1]} channels down to mono.")
+        x = x.mean(axis=1)
+    return x.astype(np.float32), notes
+
+
+def frame_rms(x: np.ndarray, frame: int) -> np.ndarray:
+    """RMS of consecutive `frame`-sample frames (the last, partial one included)."""
+    n = -(-len(x) // frame)
+    padded = np.zeros(n * frame, dtype=np.float32)
+    padded[: len(x)] = x
+    return np.sqrt((padded.reshape(n, frame) ** 2).mean(axis=1))
+
+
+def active_region(x: np.ndarray, sample_rate: int, trim_db: float = TRIM_DB) -> tuple[int, int]:
+    """(start, end) samples between the first and last 10 ms frame within `trim_db` of the loudest."""
+    frame = max(1, round(sample_rate * 0.01))
+    rms = frame_rms(x, frame)
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (trim_db / 20))
+    return int(loud[0] * frame), int(min(len(x), (loud[-1] + 1) * frame))
+
+
+def loudest_window(x: np.ndarray, sample_rate: int, seconds: float) -> tuple[int, int]:
+    """(start, end) of the `seconds`-long stretch of x with the most energy (10 ms resolution)."""
+    frame = max(1, round(sample_rate * 0.01))
+    energy = frame_rms(x, frame) ** 2
+    width = max(1, int(seconds * sample_rate) // frame)
+    if len(energy) <= width:
+        return 0, len(x)
+    sums = np.convolve(energy, np.ones(width), mode="valid")
+    start = int(np.argmax(sums)) * frame
+    return start, min(len(x), start + int(seconds * sample_rate))
+
+
+def prepare_waveform(
+    samples: np.ndarray, sample_rate: int, config: AudioConfig | None = None
+) -> tuple[Tensor, list[str]]:
+    """Any recording -> (float32 waveform at the model's rate, notes for the user).
+
+    Mixes channels down, scales integer PCM to [-1, 1], rejects NaN/inf and silence, trims quiet
+    edges (relative to the clip's own loudest moment), keeps the loudest `clip_seconds` of longer
+    recordings, resamples, and sets the RMS loudness to TARGET_RMS_DB. Raises ValueError with a
+    sentence a person understands when the input cannot be used."""
+    c = config or AudioConfig()
+    sample_rate = int(round(float(sample_rate)))
+    if not 1000 <= sample_rate <= 768_000:
+        raise ValueError(f"A sample rate of {sample_rate} Hz is not a real recording's rate (1 kHz to 768 kHz).")
+    x, notes = to_float_mono(samples)
+    peak = float(np.abs(x).max())
+    if peak <= 10 ** (SILENCE_DB / 20):
+        raise ValueError("The audio is silent: there is no sound in it to classify.")
+    if np.mean(np.abs(x) >= 0.999 * max(peak, 1.0)) > 0.01:
+        notes.append("The recording is clipped (too loud for the microphone); results may suffer.")
+    duration = len(x) / sample_rate
+    start, end = active_region(x, sample_rate)
+    x = x[start:end]
+    if len(x) > c.clip_seconds * sample_rate:
+        w_start, w_end = loudest_window(x, sample_rate, c.clip_seconds)
+        notes.append(
+            f"The sound lasts {len(x) / sample_rate:.1f} s of a {duration:.1f} s recording; the model hears at most "
+            f"{c.clip_seconds:g} s, so it used the loudest {c.clip_seconds:g} s "
+            f"(from {(start + w_start) / sample_rate:.2f} s)."
+        )
+        x = x[w_start:w_end]
+    if len(x) < 0.1 * sample_rate:
+        notes.append(f"The sound is only {1000 * len(x) / sample_rate:.0f} ms long; a spoken digit takes 0.3 to 1 s.")
+    waveform = torch.from_numpy(np.ascontiguousarray(x))
+    if sample_rate != c.sample_rate:
+        waveform = torchaudio.functional.resample(waveform, sample_rate, c.sample_rate)
+        notes.append(f"Resampled from {sample_rate} Hz to {c.sample_rate} Hz.")
+    rms = waveform.pow(2).mean().sqrt().clamp_min(1e-8)
+    waveform = waveform * (10 ** (TARGET_RMS_DB / 20) / rms)
+    return waveform.float(), notes
+
+
+@lru_cache(maxsize=4)
+def _frontend(config_key: tuple) -> LogMelSpectrogram:
+    return LogMelSpectrogram(AudioConfig(*config_key))
+
+
+def log_mel(waveform: Tensor | np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
+    """A prepared waveform (samples,) -> its log-mel spectrogram in dB (n_mels, frames), for display."""
+    c = config or AudioConfig()
+    key = (c.sample_rate, c.clip_seconds, c.n_fft, c.hop_length, c.n_mels, c.f_min, c.f_max)
+    w = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+    if w.numel() < c.n_fft:
+        w = nn.functional.pad(w, (0, c.n_fft - w.numel()))
+    with torch.no_grad():
+        db = _frontend(key)(w[None])[0]
+    return torch.maximum(db, db.max() - c.top_db).numpy()
