@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 
-from bench.vision import latencies_ms
+from bench.common import hardware, latencies_ms, latency_stats, print_latency_table
 from demos.audio import classify_audio, formant_voice
 from demos.common import checkpoint_dir, get_model
 from models.audio import prepare_waveform
@@ -57,10 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         "forward + attention maps": latencies_ms(forward(True), args.repeats),
         end_to_end_name: latencies_ms(lambda: classify_audio(str(clip)), args.repeats),
     }
-    stats = {
-        name: {"p50_ms": round(float(np.percentile(t, 50)), 2), "p95_ms": round(float(np.percentile(t, 95)), 2)}
-        for name, t in cases.items()
-    }
+    stats = latency_stats(cases)
     end_to_end = stats[end_to_end_name]["p95_ms"]
     result = {
         "bench": "audio",
@@ -74,13 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
         "meets_target": end_to_end <= 100,
         "params": sum(p.numel() for p in model.parameters()),
         "checkpoint": str(checkpoint_dir("audio")),
-        "hardware": f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)",
+        "hardware": hardware(args.threads),
         "date": date.today().isoformat(),
     }
-    print(f"Audio tab latency for a 1 s clip, {args.threads} threads, {args.repeats} calls each")
-    print(f"  {'':<45} {'p50 ms':>8} {'p95 ms':>8}")
-    for name, s in stats.items():
-        print(f"  {name:<45} {s['p50_ms']:>8.2f} {s['p95_ms']:>8.2f}")
+    print_latency_table(f"Audio tab latency for a 1 s clip, {args.threads} threads, {args.repeats} calls each", stats)
     print(json.dumps(result))
     return result
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -24,22 +21,6 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 SENTENCE = "A young woman in a red jacket is walking her small brown dog along a busy street in the city."
 TARGET_P95_MS = 300.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def timed(fn, runs: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
 
 
 def main() -> dict:
@@ -55,6 +36,7 @@ def main() -> dict:
 
     import torch
 
+    from bench.common import hardware, latencies_ms, latency_stats, print_latency_table
     from demos.translation import translate
     from models.checkpoint import load_model
     from models.tokenizers import load_tokenizer
@@ -65,31 +47,31 @@ def main() -> dict:
     source, _ = encode_source(tokenizer, SENTENCE, model.config.max_len)
     start = language_id(tokenizer, "de")
     output = translate_ids(model, [source], start, args.beam)[0]
-    rows = {
-        "beam search": timed(lambda: translate_ids(model, [source], start, args.beam), args.runs),
-        "translate() + attention map": timed(lambda: translate(SENTENCE, "en", "de", args.beam), args.runs),
-    }
-    print(
-        f"{len(SENTENCE.split())} words -> {len(source)} source tokens, {len(output)} target tokens, beam {args.beam}"
+    stats = latency_stats(
+        {
+            "beam search": latencies_ms(lambda: translate_ids(model, [source], start, args.beam), args.runs, 3),
+            "translate() + attention map": latencies_ms(
+                lambda: translate(SENTENCE, "en", "de", args.beam), args.runs, 3
+            ),
+        }
     )
-    print(f"{'what':<30}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
-    for name, times in rows.items():
-        print(f"{name:<30}{percentile(times, 50):>10.1f}{percentile(times, 95):>10.1f}{statistics.mean(times):>10.1f}")
-    full = rows["translate() + attention map"]
+    print_latency_table(
+        f"{len(SENTENCE.split())} words -> {len(source)} source tokens, {len(output)} target tokens, beam {args.beam}",
+        stats,
+    )
+    full = stats["translate() + attention map"]
     result = {
         "bench": "translation",
         "words": len(SENTENCE.split()),
         "beam": args.beam,
         "threads": args.threads,
         "runs": args.runs,
-        "beam_search_p50_ms": round(percentile(rows["beam search"], 50), 1),
-        "beam_search_p95_ms": round(percentile(rows["beam search"], 95), 1),
-        "p50_ms": round(percentile(full, 50), 1),
-        "p95_ms": round(percentile(full, 95), 1),
+        "latency": stats,
+        "p50_ms": full["p50_ms"],
+        "p95_ms": full["p95_ms"],
         "target_p95_ms": TARGET_P95_MS,
-        "meets_target": percentile(full, 95) <= TARGET_P95_MS,
-        "hardware": f"CPU ({platform.machine()}, {args.threads} threads)",
-        "load_avg_1min": round(os.getloadavg()[0], 2),  # other processes on the machine skew the tail
+        "meets_target": full["p95_ms"] <= TARGET_P95_MS,
+        "hardware": hardware(args.threads),  # includes the load average: busy machines skew the tail
         "date": date.today().isoformat(),
     }
     print(json.dumps(result))

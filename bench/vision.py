@@ -13,31 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
+from bench.common import hardware, latencies_ms, latency_stats, print_latency_table
 from demos.common import checkpoint_dir, get_model
 from demos.vision import classify_image, draw_examples
 from models.vision import preprocess
-
-
-def latencies_ms(fn: Callable[[], object], repeats: int, warmup: int = 10) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return np.asarray(times)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         "forward + attention maps": latencies_ms(forward(True), args.repeats),
         "classify_image(1024x768 JPEG), end to end": latencies_ms(lambda: classify_image(str(photo)), args.repeats),
     }
-    stats = {
-        name: {"p50_ms": round(float(np.percentile(t, 50)), 2), "p95_ms": round(float(np.percentile(t, 95)), 2)}
-        for name, t in cases.items()
-    }
+    stats = latency_stats(cases)
     end_to_end = stats["classify_image(1024x768 JPEG), end to end"]["p95_ms"]
     result = {
         "bench": "vision",
@@ -80,13 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
         "meets_target": end_to_end <= 50,
         "params": sum(p.numel() for p in model.parameters()),
         "checkpoint": str(checkpoint_dir("vision")),
-        "hardware": f"CPU ({platform.processor() or platform.machine()}, {args.threads} threads)",
+        "hardware": hardware(args.threads),
         "date": date.today().isoformat(),
     }
-    print(f"Image tab latency per image, {args.threads} threads, {args.repeats} calls each")
-    print(f"  {'':<45} {'p50 ms':>8} {'p95 ms':>8}")
-    for name, s in stats.items():
-        print(f"  {name:<45} {s['p50_ms']:>8.2f} {s['p95_ms']:>8.2f}")
+    print_latency_table(f"Image tab latency per image, {args.threads} threads, {args.repeats} calls each", stats)
     print(json.dumps(result))
     return result
 

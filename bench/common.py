@@ -1,0 +1,47 @@
+"""What the latency benches share: timing a call, percentiles, the table and the hardware line."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def latencies_ms(fn: Callable[[], object], repeats: int, warmup: int = 10) -> np.ndarray:
+    """Wall time of `repeats` calls of fn, in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return np.asarray(times)
+
+
+def latency_stats(cases: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """{case: {"p50_ms", "p95_ms", "mean_ms"}} for timings from `latencies_ms`."""
+    return {
+        name: {
+            "p50_ms": round(float(np.percentile(t, 50)), 2),
+            "p95_ms": round(float(np.percentile(t, 95)), 2),
+            "mean_ms": round(float(np.mean(t)), 2),
+        }
+        for name, t in cases.items()
+    }
+
+
+def print_latency_table(title: str, stats: dict[str, dict[str, float]]) -> None:
+    print(title)
+    print(f"  {'':<45} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, s in stats.items():
+        print(f"  {name:<45} {s['p50_ms']:>8.2f} {s['p95_ms']:>8.2f}")
+
+
+def hardware(threads: int) -> str:
+    """A line for the results table; the load average says how busy the machine was."""
+    load = os.getloadavg()[0]
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} threads, load {load:.1f})"
