@@ -2,7 +2,8 @@
 
 Builds one gr.Blocks app from the tab modules in demos/. A tab whose checkpoint is missing shows
 a message instead of its controls; the other tabs work. GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
-choose host and port (a Hugging Face Space sets them).
+choose host and port (a Hugging Face Space sets them); PLAYGROUND_CONCURRENCY (requests run at
+once) and PLAYGROUND_TORCH_THREADS (threads per request) tune it to the machine (bench/load.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# OpenMP threads that spin while waiting for work steal the cores other requests need: read
+# when torch loads, so it is set before any import does that
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
@@ -29,9 +33,23 @@ def build_app() -> gr.Blocks:
         for tab in TABS:
             with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
                 tab.build()
-    # requests share 2 cores: a few at a time keeps latency flat (bench/load.py measured it)
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    share_cores(demo, int(os.environ.get("PLAYGROUND_CONCURRENCY", "2")))
     return demo
+
+
+def share_cores(demo: gr.Blocks, limit: int) -> None:
+    """At most `limit` requests of any kind run at once; the others wait in one first-come queue.
+
+    Gradio limits each event on its own (PLAYGROUND_CONCURRENCY_GROUP=per_event): seven endpoints
+    then run up to 14 requests on 2 cores. bench/load.py (20 clients) measured that short requests
+    stay quick that way but a generation, which needs the CPU for every character, waited ~15 s
+    for its first one (p95 29 s); one queue kept every endpoint's p95 under 7 s, at the same
+    throughput and memory. Streamed generation in a queue of its own did not help."""
+    if os.environ.get("PLAYGROUND_CONCURRENCY_GROUP", "shared") != "per_event":
+        for fn in demo.fns.values():
+            if fn.fn is not None and fn.queue:
+                fn.concurrency_id = "cores"
+    demo.queue(default_concurrency_limit=limit, max_size=64)
 
 
 def main() -> None:
@@ -41,7 +59,11 @@ def main() -> None:
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size="20mb",
         theme=gr.themes.Soft(),
+        prevent_thread_lock=True,
     )
+    # the page is up; now the models the layout did not need (the ViT pulls in timm, ~2 s)
+    common.load_in_background([generation.TASK, translation.TASK, vision.TASK, audio.TASK])
+    demo.block_thread()
 
 
 if __name__ == "__main__":

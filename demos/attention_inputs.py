@@ -8,6 +8,7 @@ models.translation.encode_source), so the maps show exactly what the other tabs'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -86,12 +87,18 @@ def translation_attention(text: str, target: str) -> ModelRun:
     )
 
 
-def _as_pil(image) -> Image.Image:
+def _as_pil(image) -> tuple[Image.Image, list[str]]:
+    """A PIL image, an array, or an uploaded file's path (read as the Image tab reads it: a file
+    that is not a usable image is a ValueError that says why) -> (image, notes)."""
     if image is None:
         raise ValueError("Upload an image first.")
     if isinstance(image, Image.Image):
-        return image
-    return Image.fromarray(np.asarray(image))
+        return image, []
+    if isinstance(image, (str, Path)):
+        from demos.vision import load_image
+
+        return load_image(image)
+    return Image.fromarray(np.asarray(image)), []
 
 
 def vision_attention(image) -> ModelRun:
@@ -100,7 +107,8 @@ def vision_attention(image) -> ModelRun:
 
     model, _ = get_model("vision")
     c = model.config
-    picture = to_rgb(_as_pil(image))
+    picture, notes = _as_pil(image)
+    picture = to_rgb(picture)
     out = model(model.preprocess(picture), need_weights=True)
     g = c.grid_size
     labels = ["CLS"] + [f"patch r{r} c{col}" for r in range(g) for col in range(g)]
@@ -111,23 +119,29 @@ def vision_attention(image) -> ModelRun:
         labels,
         image=np.asarray(center_square(picture, c.img_size)),
         patch_grid=(g, g),
-        notes=[
-            f"The model sees this {c.img_size}x{c.img_size} crop; it says {c.class_names[best]} ({probs[best]:.0%})."
-        ],
+        notes=notes
+        + [f"The model sees this {c.img_size}x{c.img_size} crop; it says {c.class_names[best]} ({probs[best]:.0%})."],
     )
 
 
 def audio_attention(audio) -> ModelRun:
-    """Audio transformer on a recording (Gradio's (sample_rate, samples)): CLS + one token per
-    few spectrogram frames, each labelled with its time in the prepared clip."""
+    """Audio transformer on a recording ((sample_rate, samples), or an uploaded file's path, read
+    as the Audio tab reads it): CLS + one token per few spectrogram frames, each labelled with its
+    time in the prepared clip."""
     from models.audio import log_mel, prepare_waveform
 
     if audio is None:
         raise ValueError("Record or upload a clip first.")
-    sample_rate, samples = audio
+    if isinstance(audio, (str, Path)):
+        from demos.audio import read_audio
+
+        sample_rate, samples, notes = read_audio(audio)
+    else:
+        (sample_rate, samples), notes = audio, []
     model, _ = get_model("audio")
     c = model.config
-    waveform, notes = prepare_waveform(np.asarray(samples), sample_rate, c)
+    waveform, prepare_notes = prepare_waveform(np.asarray(samples), sample_rate, c)
+    notes += prepare_notes
     out = model(waveform[None], need_weights=True)
     n_tokens = out.attentions[0]["self"].shape[-1] - 1
     times = c.token_times(n_tokens)
@@ -150,6 +164,13 @@ def audio_attention(audio) -> ModelRun:
 # ----------------------------------------------------------------------------------------------
 
 
+def _upload_path(value):
+    """An upload as Gradio passes it without preprocessing (a FileData dict) -> its path."""
+    if isinstance(value, dict):
+        return value.get("path")
+    return value
+
+
 @dataclass
 class InputComponents:
     text: gr.Textbox
@@ -163,13 +184,14 @@ class InputComponents:
 
     @staticmethod
     def values(task: str, values) -> dict:
-        """Component values -> attention_map keyword arguments for `task`."""
+        """Component values (preprocessed, or as an API caller sent them) -> attention_map keyword
+        arguments for `task`."""
         text, target, image, audio = values
         if task == "vision":
-            return {"image": image}
+            return {"image": _upload_path(image)}
         if task == "audio":
-            return {"audio": audio}
-        return {"text": text or "", "target": target if task == "translation" else ""}
+            return {"audio": _upload_path(audio)}
+        return {"text": "" if text is None else str(text), "target": target if task == "translation" else ""}
 
     @staticmethod
     def visibility(task: str) -> list:
@@ -196,6 +218,7 @@ def input_components(task: str) -> InputComponents:
             label="translate into",
             visible=task == "translation",
         )
-        image = gr.Image(type="pil", label="image", visible=task == "vision", height=220)
-        audio = gr.Audio(type="numpy", label="recording", visible=task == "audio")
+        # file paths, read by the Image and Audio tabs' own readers: a bad upload gets their message
+        image = gr.Image(type="filepath", image_mode=None, label="image", visible=task == "vision", height=220)
+        audio = gr.Audio(type="filepath", label="recording", visible=task == "audio")
     return InputComponents(text, target, image, audio)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from bench import attention as attention_bench
 from demos.attention_inputs import char_label
-from demos.common import MissingCheckpoint, checkpoint_dir, get_model, has_checkpoint
+from demos.common import MissingCheckpoint, checkpoint_dir, get_model, has_checkpoint, zerogpu
 from demos.plots import unique_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
@@ -627,6 +627,17 @@ def _empty(title: str) -> go.Figure:
     return fig
 
 
+def whole(value) -> int:
+    """A head number from a slider or an API caller: a whole number, or a ValueError that says so."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number.is_integer():
+        raise ValueError(f"The head must be a whole number, not {value!r}.")
+    return int(number)
+
+
 def lab_outputs(text: str, source: str, mask: str, scaled: bool, head: int) -> tuple:
     """What the tab shows: summary, saturation table, then one figure per step (STEP_ORDER)."""
     result = attention_lab(text, source, mask, bool(scaled), int(head))
@@ -670,15 +681,18 @@ def build() -> None:
             for name in names:
                 plots[name] = gr.Plot(show_label=False)
 
+    @zerogpu  # ZeroGPU needs one decorated handler (demos/common.py says why this one)
     def handler(text_v, source_v, mask_v, scaled_v, head_v):
         try:
-            return lab_outputs(text_v, source_v, mask_v, scaled_v, head_v)
+            return lab_outputs("" if text_v is None else str(text_v), source_v, mask_v, scaled_v, whole(head_v))
         except (MissingCheckpoint, ValueError) as error:
             raise gr.Error(str(error)) from None
 
     inputs = [text, source, mask, scaled, head]
     outputs = [summary, saturation, *(plots[name] for name in STEP_ORDER)]
-    run.click(handler, inputs, outputs, api_name="attention_lab")
+    # preprocess=False: API values reach the handler as sent, so a head of "x" gets a sentence
+    # instead of the slider's internal error; attention_lab checks source, mask and head itself
+    run.click(handler, inputs, outputs, api_name="attention_lab", preprocess=False)
     for control in (source, mask, scaled, head):
         control.input(handler, inputs, outputs, api_visibility="private")
 

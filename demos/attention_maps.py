@@ -524,7 +524,9 @@ def build() -> None:
         return result.figure, result.model_view, table, " ".join(a.notes), layer_u, head_u
 
     outputs = [plot, grid, summary, notes, layer, head]
-    show.click(run, all_inputs, outputs, api_name="attention_map")
+    # preprocess=False: an upload reaches the Image/Audio tabs' readers as a file, so one that is not
+    # an image or a recording gets their message instead of Gradio's decoding error
+    show.click(run, all_inputs, outputs, api_name="attention_map", preprocess=False)
     for control in (kind, layer, head):
         control.input(run, all_inputs, outputs, api_visibility="private")
 

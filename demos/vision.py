@@ -15,13 +15,13 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
-from models.vision import center_square, image_tensor, to_rgb
+from demos.common import MissingCheckpoint, checkpoint_config, get_model, has_checkpoint, missing_message
 
 TITLE = "Image"
 TASK = "vision"
@@ -143,6 +143,8 @@ def classify_image(image) -> ImageResult:
     """Top-5 classes, the model's 32x32 view, attention rollout and per-head CLS attention.
 
     Raises BadImage for unusable input and MissingCheckpoint when the model is absent."""
+    from models.vision import center_square, image_tensor, to_rgb  # here: it imports timm (~2 s)
+
     model, _ = get_model(TASK)
     c = model.config
     pil, notes = load_image(image)
@@ -287,16 +289,24 @@ def _payload_source(payload) -> str | bytes | np.ndarray | Image.Image:
     return payload
 
 
-def _choice(name: str) -> int | None:
-    """'average' -> None, 'layer 3' / 'head 3' -> index 2."""
-    return None if name == "average" else int(name.split()[-1]) - 1
+def _choice(name: str, what: str, count: int) -> int | None:
+    """'average' -> None, 'layer 3' / 'head 3' -> index 2; a name that is not one of the choices
+    (possible through the API) is a BadImage whose message lists them."""
+    if name == "average":
+        return None
+    number = str(name).split()[-1] if str(name).split() else ""
+    if not number.isdigit() or not 1 <= int(number) <= count:
+        raise BadImage(f"The {what} must be 'average' or '{what} 1' to '{what} {count}', not {name!r}.")
+    return int(number) - 1
 
 
 def pick_map(result: ImageResult | None, layer_name: str, head_name: str) -> np.ndarray | None:
     """The CLS-attention picture for the chosen layer and head (from the kept result, no rerun)."""
     if result is None:
         return None
-    return overlay(result.display, cls_attention_map(result, _choice(layer_name), _choice(head_name)))
+    layers, heads = result.cls_attention.shape[:2]
+    layer, head = _choice(layer_name, "layer", layers), _choice(head_name, "head", heads)
+    return overlay(result.display, cls_attention_map(result, layer, head))
 
 
 def classify_handler(payload, layer_name: str = "average", head_name: str = "average"):
@@ -307,6 +317,7 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
         raise gr.Error("Upload a photo, take one with the webcam or paste one first.")
     try:
         result = classify_image(_payload_source(payload))
+        chosen = pick_map(result, layer_name, head_name)
     except (BadImage, MissingCheckpoint) as err:
         raise gr.Error(str(err)) from None
     for note in result.notes:
@@ -315,7 +326,7 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
         result.top5,
         enlarge(result.model_view),
         overlay(result.display, result.rollout),
-        pick_map(result, layer_name, head_name),
+        chosen,
         result,
     )
 
@@ -326,8 +337,9 @@ def build() -> None:
     if not has_checkpoint(TASK):
         gr.Markdown(missing_message(TASK))
         return
-    model, _ = get_model(TASK)
-    c = model.config
+    # the layout needs only the config: the model (and timm) load after start-up, see app.py
+    c = SimpleNamespace(**checkpoint_config(TASK))
+    c.grid_size = c.img_size // c.patch_size
     gr.Markdown(
         f"A Vision Transformer trained from scratch on CIFAR-10 ({', '.join(c.class_names)}). It sees your "
         f"picture as a {c.img_size}x{c.img_size} square cut into {c.grid_size}x{c.grid_size} patches of "

@@ -1,0 +1,56 @@
+"""Start-up time: from `python app.py` to its page answering HTTP 200, as a visitor waits for it.
+
+    python -m bench.startup [--runs 3] [--env KEY=VALUE ...]
+
+Starts the app `--runs` times one after another on a free port and prints each time, the median
+(target <= 10 s on 2 cores) and one JSON line. Models the layout does not need load after the
+page is up (app.py), so this is the time until the app can be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from tests.app_server import AppServer  # noqa: E402
+
+TARGET_S = 10.0
+
+
+def main() -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="for the app it starts")
+    args = p.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    times = []
+    for run in range(args.runs):
+        with AppServer(env) as server:
+            times.append(server.startup_s)
+        print(f"run {run + 1}: ready in {times[-1]:.2f} s (load average {os.getloadavg()[0]:.2f})", flush=True)
+    median = statistics.median(times)
+    print(f"median {median:.2f} s over {args.runs} runs (target <= {TARGET_S:.0f} s)")
+    summary = {
+        "bench": "startup",
+        "median_s": round(median, 2),
+        "runs_s": [round(t, 2) for t in times],
+        "target_s": TARGET_S,
+        "settings": env,
+        "hardware": f"CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "date": date.today().isoformat(),
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""A real browser on the running app: Playwright drives Debian's Chromium (headless) through every
+tab as a person would: it types a prompt and watches the text stream in, uploads a picture and a
+recording, translates, moves a slider, and saves a screenshot of each tab.
+
+Screenshots go to $SCREENSHOT_DIR (default artifacts/screenshots/). The README's pictures are
+made the same way:
+
+    SCREENSHOT_DIR=docs/screenshots .venv/bin/pytest -m browser tests/test_browser.py
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image, ImageDraw
+
+from tests.app_server import ROOT, AppServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# ../shared/ENVIRONMENT.md: what Debian's Chromium needs here (no sandbox, no GPU, no network calls)
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT_DIR = Path(os.environ.get("SCREENSHOT_DIR", ROOT / "artifacts" / "screenshots"))
+MAX_SCREENSHOT_BYTES = 300_000  # README pictures stay small
+SHOT_HEIGHT = 1700  # px: a tab's inputs and its main result
+WAIT_MS = 30_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A drawn picture of a ship at sea and a short synthetic 'voice' recording."""
+    folder = tmp_path_factory.mktemp("browser_inputs")
+    picture = Image.new("RGB", (128, 128), (150, 190, 225))
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((0, 70, 128, 128), fill=(30, 80, 130))
+    draw.polygon([(18, 62), (112, 62), (100, 80), (28, 80)], fill=(60, 60, 70))
+    draw.rectangle((45, 44, 85, 62), fill=(235, 235, 235))
+    picture.save(folder / "ship.png")
+    rate = 16000
+    t = np.arange(int(0.6 * rate)) / rate
+    voice = 0.4 * np.sin(2 * np.pi * np.cumsum(np.linspace(200, 120, t.size)) / rate) * np.hanning(t.size)
+    sf.write(folder / "voice.wav", np.concatenate([np.zeros(3200), voice, np.zeros(3200)]), rate)
+    return {"image": folder / "ship.png", "audio": folder / "voice.wav"}
+
+
+@pytest.fixture(scope="module")
+def page():
+    with AppServer() as server, sync_api.sync_playwright() as playwright:
+        # Playwright gives the browser a fresh temporary profile itself
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        tab = browser.new_page(viewport={"width": 1280, "height": 900})
+        tab.set_default_timeout(WAIT_MS)
+        tab.goto(server.url)
+        tab.get_by_role("tab", name="Generate").wait_for()
+        yield tab
+        browser.close()
+
+
+def open_tab(page, name: str):
+    page.get_by_role("tab", name=name, exact=True).click()
+    panel = page.get_by_role("tabpanel")
+    panel.wait_for()
+    return panel
+
+
+def screenshot(page, name: str) -> Path:
+    """The top SHOT_HEIGHT px of the page (the tab's controls and results) as a small palette PNG."""
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / f"{name}.png"
+    page.wait_for_timeout(300)  # let plots finish their transition
+    height = min(SHOT_HEIGHT, page.evaluate("document.documentElement.scrollHeight"))
+    page.screenshot(path=path, full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": height})
+    with Image.open(path) as shot:
+        # UI pictures have few colours: 256 of them keep text and plots sharp at a third of the size
+        shot.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    assert path.stat().st_size <= MAX_SCREENSHOT_BYTES
+    return path
+
+
+def test_generate_streams_text_as_it_is_written(page):
+    panel = open_tab(page, "Generate")
+    panel.get_by_label("Prompt", exact=True).fill("JULIET:\nO Romeo, Romeo")
+    # typing a number into the slider's box is what a person does to set an exact value
+    length = panel.get_by_label("number input for Max new tokens (characters)")
+    length.fill("700")
+    length.press("Enter")
+    output = panel.get_by_label("Prompt + generated text")
+    panel.get_by_role("button", name="Generate", exact=True).click()
+    seen, start = [], time.perf_counter()
+    while time.perf_counter() - start < WAIT_MS / 1000:
+        seen.append(len(output.input_value()))
+        if seen[-1] >= len("JULIET:\nO Romeo, Romeo") + 700:
+            break
+        page.wait_for_timeout(50)
+    growing = sorted(set(n for n in seen if n > 0))
+    assert len(growing) >= 3, f"the text should appear piece by piece, saw lengths {growing}"
+    assert seen == sorted(seen), "streamed text only grows"
+    assert output.input_value().startswith("JULIET:\nO Romeo, Romeo")
+    panel.get_by_text("tokens/s").wait_for()
+    screenshot(page, "generate")
+
+
+def test_translate(page):
+    panel = open_tab(page, "Translate")
+    panel.get_by_label("Source text").fill("Two children are playing football in the park.")
+    panel.get_by_role("button", name="Translate", exact=True).click()
+    translation = panel.get_by_label("Translation", exact=True)
+    page.wait_for_function("e => e.value.trim().length > 0", arg=translation.element_handle())
+    assert translation.input_value() != "Two children are playing football in the park."
+    panel.locator(".js-plotly-plot").first.wait_for()
+    screenshot(page, "translate")
+
+
+def test_image_upload_and_classify(page, inputs):
+    panel = open_tab(page, "Image")
+    panel.locator("input[type=file]").first.set_input_files(inputs["image"])
+    panel.get_by_role("button", name="Classify", exact=True).click()
+    label = panel.get_by_test_id("label-output-value")
+    label.wait_for()
+    assert label.inner_text().strip(), "the top class is shown"
+    screenshot(page, "image")
+
+
+def test_audio_upload_and_classify(page, inputs):
+    panel = open_tab(page, "Audio")
+    panel.get_by_label("Upload file").first.click()  # the recorder is the first source; switch to upload
+    panel.locator("input[type=file]").first.set_input_files(inputs["audio"])
+    panel.get_by_role("button", name="Classify", exact=True).click()
+    label = panel.get_by_test_id("label-output-value")
+    label.wait_for()
+    digits = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    assert label.inner_text().strip() in digits
+    panel.get_by_text("after trimming silence").wait_for()
+    screenshot(page, "audio")
+
+
+def test_attention_maps_layer_choice_redraws(page, inputs):
+    panel = open_tab(page, "Attention Maps")
+    panel.get_by_role("button", name="Show attention").click()
+    title = panel.locator(".js-plotly-plot .gtitle").first
+    page.wait_for_function("e => e.textContent.includes('all layers averaged')", arg=title.element_handle())
+    layer = panel.get_by_label("layer", exact=True)
+    layer.click()
+    page.get_by_role("option", name="2", exact=True).click()
+    page.wait_for_function("e => e.textContent.includes('layer 2')", arg=title.element_handle())
+    screenshot(page, "attention_maps")
+
+
+def test_attention_lab_head_slider_redraws(page):
+    panel = open_tab(page, "Attention Lab")
+    panel.get_by_role("button", name="Run the steps").click()
+    panel.get_by_text("Head 1: entropy").wait_for()
+    slider = panel.get_by_role("slider")
+    slider.focus()
+    slider.press("ArrowRight")  # moving the slider (head 1 -> 2) reruns the steps for that head
+    panel.get_by_text("Head 2: entropy").wait_for()
+    screenshot(page, "attention_lab")
