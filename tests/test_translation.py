@@ -189,15 +189,6 @@ def test_training_steps_lower_the_label_smoothed_loss(corpus):
     assert losses[-1] < losses[0] - 0.5
 
 
-def test_budget_schedule_reaches_the_floor_when_time_runs_out(corpus, monkeypatch):
-    module, _ = tr.build(tiny_config(max_steps=1000, max_time_s=100.0, min_lr_ratio=0.1, warmup_steps=0), corpus)
-    module.train_start = 1000.0
-    monkeypatch.setattr(tr.time, "time", lambda: 1000.0 + 50.0)  # half the time, few steps
-    assert module.budget_schedule(10) == pytest.approx(0.55)  # cosine half-way between 1 and 0.1
-    monkeypatch.setattr(tr.time, "time", lambda: 1000.0 + 100.0)
-    assert module.budget_schedule(10) == pytest.approx(0.1)
-
-
 # --- decoding ------------------------------------------------------------------------------------
 
 

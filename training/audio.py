@@ -17,7 +17,6 @@ recording does; SpecAugment and a mel-axis warp act on the spectrogram.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.audio import AudioConfig, AudioTransformer, prepare_waveform
 from models.checkpoint import load_model, save_checkpoint
-from models.schedules import warmup_cosine
 from training.common import TrainingConfig, configure_adamw, download, download_cache
 
 TARGET = ("val_error", 0.01)  # the target: >= 99% accuracy
@@ -343,20 +341,7 @@ class AudioModule(L.LightningModule):
         self.log("val_error", 1 - accuracy, batch_size=n)
 
     def configure_optimizers(self):
-        optim = configure_adamw(self, self.config)
-        c = self.config
-        if c.max_time_s:
-            # the cosine ends when the time budget does, if that comes before max_steps: on a
-            # shared CPU the step time is unknown in advance
-            start = time.monotonic()
-
-            def multiplier(step: int) -> float:
-                by_time = int(c.max_steps * (time.monotonic() - start) / c.max_time_s)
-                progress = step if step < c.warmup_steps else max(step, by_time)
-                return warmup_cosine(progress, c.warmup_steps, c.max_steps, c.min_lr_ratio)
-
-            optim["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(optim["optimizer"], multiplier)
-        return optim
+        return configure_adamw(self, self.config)
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[AudioModule, FSDDData]:

@@ -83,8 +83,9 @@ def download(url: str, dest: Path) -> Path:
 
 
 def configure_adamw(module: L.LightningModule, config: TrainingConfig, total_steps: int | None = None):
-    """AdamW with decay on matrices only (not biases, norms, embeddings' positions), and a per-step
-    warmup + cosine schedule. Returns what `configure_optimizers` returns."""
+    """AdamW with decay on matrices only (not biases and norms), and a per-step warmup + cosine
+    schedule over max_steps or max_time_s, whichever runs out first. Returns what
+    `configure_optimizers` returns."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
@@ -93,9 +94,18 @@ def configure_adamw(module: L.LightningModule, config: TrainingConfig, total_ste
     fused = torch.cuda.is_available()  # one kernel for the whole update on the GPU
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
     total = total_steps or config.max_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total, config.min_lr_ratio)
-    )
+    start = time.monotonic()
+
+    def multiplier(step: int) -> float:
+        if config.max_time_s and step >= config.warmup_steps:
+            # the cosine ends when the time budget does, if that comes before `total`: on a shared
+            # or slower machine the step time is not known in advance, and the run must still end
+            # with a low learning rate
+            by_time = int(total * min(1.0, (time.monotonic() - start) / config.max_time_s))
+            step = max(step, by_time)
+        return warmup_cosine(step, config.warmup_steps, total, config.min_lr_ratio)
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

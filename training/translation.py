@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
 
 from models.checkpoint import load_model, save_checkpoint
-from models.schedules import warmup_cosine
 from models.tokenizers import load_tokenizer
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
 from models.translation import EOS_ID, LANGUAGES, PAD_ID, language_id, train_tokenizer, translate_texts
@@ -183,7 +181,6 @@ class TranslationModule(L.LightningModule):
         self.model = EncoderDecoder(EncoderDecoderConfig(**config.model))
         # compiled with dynamic shapes: every token-budget batch has its own (rows, length)
         self.forward_fn = torch.compile(self.model, dynamic=True) if config.compile else self.model
-        self.train_start: float | None = None
 
     def loss(self, batch: tuple[Tensor, Tensor, Tensor], label_smoothing: float) -> tuple[Tensor, int]:
         src, tgt_in, tgt_out = batch
@@ -205,21 +202,7 @@ class TranslationModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, batch_size=n_tokens)
 
     def configure_optimizers(self):
-        setup = configure_adamw(self, self.config)
-        if self.config.max_time_s:
-            setup["lr_scheduler"]["scheduler"] = LambdaLR(setup["optimizer"], self.budget_schedule)
-        return setup
-
-    def on_train_start(self) -> None:
-        self.train_start = time.time()
-
-    def budget_schedule(self, step: int) -> float:
-        """Warmup + cosine on whichever budget runs out first, steps or max_time_s, so a run that
-        hits the time limit (a slower machine, a shared CPU) still ends with the learning rate low."""
-        c = self.config
-        elapsed = time.time() - self.train_start if self.train_start else 0.0
-        step = max(step, int(c.max_steps * min(1.0, elapsed / c.max_time_s)))
-        return warmup_cosine(step, c.warmup_steps, c.max_steps, c.min_lr_ratio)
+        return configure_adamw(self, self.config)
 
 
 # ----------------------------------------------------------------------------------------------
