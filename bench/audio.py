@@ -12,15 +12,13 @@ Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import soundfile as sf
 import torch
 
-from bench.common import hardware, latencies_ms, latency_stats, print_latency_table
+from bench.common import tab_latency
 from demos.audio import classify_audio, formant_voice
 from demos.common import checkpoint_dir, get_model
 from models.audio import prepare_waveform
@@ -42,39 +40,19 @@ def main(argv: list[str] | None = None) -> dict:
     sf.write(clip, voice, MIC_RATE, subtype="PCM_16")
     waveform = prepare_waveform(voice, MIC_RATE, model.config)[0][None]
 
-    def forward(need_weights: bool):
-        def call():
-            with torch.inference_mode():
-                return model(waveform, need_weights=need_weights)
-
-        return call
-
-    end_to_end_name = "classify_audio(1 s WAV, 48 kHz), end to end"
-    cases = {
-        "forward, no attention maps": latencies_ms(forward(False), args.repeats),
-        "forward + attention maps": latencies_ms(forward(True), args.repeats),
-        end_to_end_name: latencies_ms(lambda: classify_audio(str(clip)), args.repeats),
-    }
-    stats = latency_stats(cases)
-    end_to_end = stats[end_to_end_name]["p95_ms"]
-    result = {
-        "bench": "audio",
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "clip_s": waveform.size(-1) / model.config.sample_rate,
-        "tokens": int(model.config.n_tokens(model.config.n_frames(waveform.size(-1)))),
-        "latency": stats,
-        "p95_ms_end_to_end": end_to_end,
-        "target": {"p95_ms_end_to_end": "<= 100"},
-        "meets_target": end_to_end <= 100,
-        "params": sum(p.numel() for p in model.parameters()),
-        "checkpoint": str(checkpoint_dir("audio")),
-        "hardware": hardware(args.threads),
-        "date": date.today().isoformat(),
-    }
-    print_latency_table(f"Audio tab latency for a 1 s clip, {args.threads} threads, {args.repeats} calls each", stats)
-    print(json.dumps(result))
-    return result
+    return tab_latency(
+        "audio",
+        model,
+        waveform,
+        ("classify_audio(1 s WAV, 48 kHz), end to end", lambda: classify_audio(str(clip))),
+        target_p95_ms=100,
+        threads=args.threads,
+        repeats=args.repeats,
+        title=f"Audio tab latency for a 1 s clip, {args.threads} threads, {args.repeats} calls each",
+        clip_s=waveform.size(-1) / model.config.sample_rate,
+        tokens=int(model.config.n_tokens(model.config.n_frames(waveform.size(-1)))),
+        checkpoint=str(checkpoint_dir("audio")),
+    )
 
 
 if __name__ == "__main__":

@@ -45,3 +45,56 @@ def hardware(threads: int) -> str:
     """A line for the results table; the load average says how busy the machine was."""
     load = os.getloadavg()[0]
     return f"CPU ({platform.processor() or platform.machine()}, {threads} threads, load {load:.1f})"
+
+
+def tab_latency(
+    task: str,
+    model,
+    inputs,
+    end_to_end: tuple[str, Callable[[], object]],
+    target_p95_ms: float,
+    threads: int,
+    repeats: int,
+    title: str,
+    **extra,
+) -> dict:
+    """The classification tabs' bench: the model's forward with and without attention maps, and
+    the tab's whole function (`end_to_end`: its name and a call). Prints the table and one JSON
+    line, and returns that JSON."""
+    import json
+    from datetime import date
+
+    import torch
+
+    def forward(need_weights: bool) -> Callable[[], object]:
+        def call():
+            with torch.inference_mode():
+                return model(inputs, need_weights=need_weights)
+
+        return call
+
+    name, call = end_to_end
+    stats = latency_stats(
+        {
+            "forward, no attention maps": latencies_ms(forward(False), repeats),
+            "forward + attention maps": latencies_ms(forward(True), repeats),
+            name: latencies_ms(call, repeats),
+        }
+    )
+    p95 = stats[name]["p95_ms"]
+    result = {
+        "bench": task,
+        "threads": threads,
+        "repeats": repeats,
+        **extra,
+        "latency": stats,
+        "p95_ms_end_to_end": p95,
+        "target": {"p95_ms_end_to_end": f"<= {target_p95_ms:g}"},
+        "meets_target": p95 <= target_p95_ms,
+        "params": sum(p.numel() for p in model.parameters()),
+        "hardware": hardware(threads),
+        "date": date.today().isoformat(),
+    }
+    print_latency_table(title, stats)
+    print(json.dumps(result))
+    return result

@@ -12,16 +12,13 @@ Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from bench.common import hardware, latencies_ms, latency_stats, print_latency_table
+from bench.common import tab_latency
 from demos.common import checkpoint_dir, get_model
 from demos.vision import classify_image, draw_examples
 from models.vision import preprocess
@@ -40,36 +37,17 @@ def main(argv: list[str] | None = None) -> dict:
     Image.open(draw_examples(folder)[0]).convert("RGB").resize((1024, 768)).save(photo, quality=90)
     x = preprocess(Image.open(photo), model.config)
 
-    def forward(need_weights: bool) -> Callable[[], object]:
-        def call():
-            with torch.inference_mode():
-                return model(x, need_weights=need_weights)
-
-        return call
-
-    cases = {
-        "forward, no attention maps": latencies_ms(forward(False), args.repeats),
-        "forward + attention maps": latencies_ms(forward(True), args.repeats),
-        "classify_image(1024x768 JPEG), end to end": latencies_ms(lambda: classify_image(str(photo)), args.repeats),
-    }
-    stats = latency_stats(cases)
-    end_to_end = stats["classify_image(1024x768 JPEG), end to end"]["p95_ms"]
-    result = {
-        "bench": "vision",
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "latency": stats,
-        "p95_ms_end_to_end": end_to_end,
-        "target": {"p95_ms_end_to_end": "<= 50"},
-        "meets_target": end_to_end <= 50,
-        "params": sum(p.numel() for p in model.parameters()),
-        "checkpoint": str(checkpoint_dir("vision")),
-        "hardware": hardware(args.threads),
-        "date": date.today().isoformat(),
-    }
-    print_latency_table(f"Image tab latency per image, {args.threads} threads, {args.repeats} calls each", stats)
-    print(json.dumps(result))
-    return result
+    return tab_latency(
+        "vision",
+        model,
+        x,
+        ("classify_image(1024x768 JPEG), end to end", lambda: classify_image(str(photo))),
+        target_p95_ms=50,
+        threads=args.threads,
+        repeats=args.repeats,
+        title=f"Image tab latency per image, {args.threads} threads, {args.repeats} calls each",
+        checkpoint=str(checkpoint_dir("vision")),
+    )
 
 
 if __name__ == "__main__":
