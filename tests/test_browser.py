@@ -1,6 +1,7 @@
 """A real browser on the running app: Playwright drives Debian's Chromium (headless) through every
 tab as a person would: it types a prompt and watches the text stream in, uploads a picture and a
-recording, translates, moves a slider, and saves a screenshot of each tab.
+recording, says a digit into the microphone (Chromium's fake capture device plays a WAV file as the
+microphone), translates, moves a slider, and saves a screenshot of each tab.
 
 Screenshots go to $SCREENSHOT_DIR (default artifacts/screenshots/). The README's pictures are
 made the same way:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +64,36 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def page():
-    with AppServer() as server, sync_api.sync_playwright() as playwright:
-        # Playwright gives the browser a fresh temporary profile itself
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+def server():
+    with AppServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    # one Playwright per module: its sync API cannot be started again while one is running
+    with sync_api.sync_playwright() as running:
+        yield running
+
+
+@contextmanager
+def browser_page(playwright, url: str, flags: list[str] = ()):
+    """A fresh headless Chromium (Playwright gives it a temporary profile) on the app's first tab."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_FLAGS, *flags])
+    try:
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
         tab.set_default_timeout(WAIT_MS)
-        tab.goto(server.url)
+        tab.goto(url)
         tab.get_by_role("tab", name="Generate").wait_for()
         yield tab
+    finally:
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(playwright, server):
+    with browser_page(playwright, server.url) as tab:
+        yield tab
 
 
 def open_tab(page, name: str):
@@ -173,3 +195,61 @@ def test_attention_lab_head_slider_redraws(page):
     slider.press("ArrowRight")  # moving the slider (head 1 -> 2) reruns the steps for that head
     panel.get_by_text("Head 2: entropy").wait_for()
     screenshot(page, "attention_lab")
+
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def record_with_microphone(playwright, server, tmp_path: Path, voice: np.ndarray, rate: int) -> tuple[str, str]:
+    """Say `voice` into the Audio tab's microphone: Chromium's fake capture device plays a WAV file
+    in a loop as if it were the microphone (48 kHz here, as many sound cards run), the page records
+    1.5 s with Gradio's recorder, which uploads what the browser recorded, and the Classify button
+    sends it to the model. Returns the top digit and the whole result panel's text."""
+    import torch
+    import torchaudio.functional as AF
+
+    capture_rate = 48_000
+    voice = AF.resample(torch.as_tensor(voice, dtype=torch.float32), rate, capture_rate).numpy()
+    # the loop: 0.3 s of quiet, the digit, 2 s of quiet, so that 1.5 s of recording holds one digit
+    loop = np.concatenate([np.zeros(int(0.3 * capture_rate)), voice, np.zeros(2 * capture_rate)])
+    mic = tmp_path / "microphone.wav"
+    sf.write(mic, loop, capture_rate, subtype="PCM_16")
+    flags = [
+        "--use-fake-ui-for-media-stream",  # allow the microphone without asking
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}",
+    ]
+    with browser_page(playwright, server.url, flags) as tab:
+        panel = open_tab(tab, "Audio")
+        panel.get_by_role("button", name="Record", exact=True).click()
+        panel.get_by_role("button", name="Stop", exact=True).wait_for()
+        tab.wait_for_timeout(1500)
+        panel.get_by_role("button", name="Stop", exact=True).click()
+        # the recorder uploads the recording after Stop; a Download button appears once it is the value
+        panel.get_by_role("button", name="Download", exact=True).wait_for()
+        panel.get_by_role("button", name="Classify", exact=True).click()
+        label = panel.get_by_test_id("label-output-value")
+        label.wait_for()
+        panel.get_by_text("after trimming silence").wait_for()
+        return label.inner_text().strip(), panel.inner_text()
+
+
+def test_microphone_recording_is_classified(playwright, server, inputs, tmp_path):
+    """The microphone path end to end in a real browser: recording, Gradio's upload of it, our
+    reader (whatever format and rate the browser chose) and the model."""
+    voice, rate = sf.read(inputs["audio"], dtype="float32")
+    digit, text = record_with_microphone(playwright, server, tmp_path, voice, rate)
+    assert digit in DIGITS
+    assert "Resampled from" in text, "the browser records at its own rate, not the model's 8 kHz"
+
+
+def test_microphone_hears_a_real_spoken_digit(playwright, server, shared_data, tmp_path):
+    """A held-out recording of 'seven' (official test split, take 0) said into the microphone: the
+    model's top 3 include it (it names it first on the clean file)."""
+    from training.audio import load_fsdd
+
+    clips = load_fsdd(shared_data)
+    i = next(i for i in range(len(clips.audio)) if clips.digit[i] == 7 and clips.take[i] == 0)
+    digit, text = record_with_microphone(playwright, server, tmp_path, clips.audio[i], clips.sample_rate)
+    top3 = [line for line in text.splitlines() if line.strip() in DIGITS][1:4]  # after the top label
+    assert "seven" in top3, f"heard {digit}, top 3 {top3}"
