@@ -9,23 +9,70 @@ import training.common as common
 from models.schedules import warmup_cosine
 
 
+class FakeTrainer:
+    """What TrainingClock reads of a Trainer on one process."""
+
+    world_size = 1
+    global_step = 0
+    should_stop = False
+
+
 def test_schedule_ends_with_the_time_budget(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
     cfg = common.TrainingConfig(lr=1.0, warmup_steps=0, max_steps=1000, max_time_s=100.0, min_lr_ratio=0.1)
-    multiplier = common.configure_adamw(torch.nn.Linear(2, 2), cfg)["lr_scheduler"]["scheduler"].lr_lambdas[0]
-    assert multiplier(10) == pytest.approx(warmup_cosine(10, 0, 1000, 0.1))  # no time has passed
-    now[0] = 50.0  # half the time gone after only 10 steps: the cosine is half way down
+    clock = common.TrainingClock(cfg.max_steps, cfg.max_time_s)
+    multiplier = common.configure_adamw(torch.nn.Linear(2, 2), cfg, clock)["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    trainer = FakeTrainer()
+    now[0] = 30.0  # the first step took 30 s (compiling): the clock starts after it
+    clock.on_train_batch_end(trainer, None)
+    assert multiplier(10) == pytest.approx(warmup_cosine(10, 0, 1000, 0.1))  # no training time yet
+    now[0] = 80.0  # half the budget gone after only 10 steps: the cosine is half way down
+    clock.on_train_batch_end(trainer, None)
     assert multiplier(10) == pytest.approx(warmup_cosine(500, 0, 1000, 0.1))
-    now[0] = 500.0
+    assert multiplier(900) == pytest.approx(warmup_cosine(900, 0, 1000, 0.1))  # steps further along
+    assert not trainer.should_stop
+    now[0] = 130.0  # the budget is spent: the learning rate is at its floor and training stops
+    clock.on_train_batch_end(trainer, None)
     assert multiplier(10) == pytest.approx(0.1)
+    assert trainer.should_stop
 
 
 def test_schedule_without_a_time_budget_counts_steps(monkeypatch):
-    monkeypatch.setattr(common.time, "monotonic", lambda: 1e9)
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
     cfg = common.TrainingConfig(warmup_steps=10, max_steps=100, max_time_s=None)
-    multiplier = common.configure_adamw(torch.nn.Linear(2, 2), cfg)["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    clock = common.TrainingClock(cfg.max_steps, cfg.max_time_s)
+    trainer = FakeTrainer()
+    for now[0] in (0.0, 1e9):
+        clock.on_train_batch_end(trainer, None)
+    multiplier = common.configure_adamw(torch.nn.Linear(2, 2), cfg, clock)["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert [multiplier(s) for s in (0, 9, 100)] == pytest.approx([0.1, 1.0, cfg.min_lr_ratio])
+    assert not trainer.should_stop
+
+
+def test_every_rank_takes_rank_zeros_clock():
+    """Under DDP the time reading is broadcast from rank 0 (every `every` steps), so all ranks
+    have the same learning rate and stop at the same step."""
+
+    class Strategy:
+        def __init__(self):
+            self.calls = 0
+
+        def broadcast(self, value, src):
+            self.calls += 1
+            assert src == 0
+            return 75.0  # rank 0's elapsed time, whatever this rank's own clock says
+
+    trainer = FakeTrainer()
+    trainer.world_size, trainer.strategy = 2, Strategy()
+    clock = common.TrainingClock(max_steps=10**6, max_time_s=100.0, every=10)
+    clock.on_train_batch_end(trainer, None)  # first step: starts the clock
+    for trainer.global_step in range(1, 21):
+        clock.on_train_batch_end(trainer, None)
+    assert trainer.strategy.calls == 2  # steps 10 and 20
+    assert clock.time_progress == pytest.approx(0.75)
+    assert clock.progress(5) == pytest.approx(0.75)
 
 
 def test_load_config_applies_overrides(tmp_path):

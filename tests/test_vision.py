@@ -353,7 +353,7 @@ def test_evaluate_reports_accuracy_per_class_and_confusion(tmp_path, monkeypatch
 def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     data_dir, out = write_pack(tmp_path / "data", n_train=64), tmp_path / "out"
     cmd = [sys.executable, "-m", "training.train", "vision", "--data-dir", str(data_dir), "--out", str(out)]
-    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--set", "budget_s=null", "max_steps=3"]
+    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--set", "max_time_s=null", "max_steps=3"]
     cmd += ["val_every=3", "batch_size=16", "val_size=16", "ema_decay=0.99", "model.embed_dim=32", "model.depth=1"]
     env = {"PLAYGROUND_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

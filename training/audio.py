@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.audio import AudioConfig, AudioTransformer, prepare_waveform
 from models.checkpoint import load_model, save_checkpoint
-from training.common import TrainingConfig, configure_adamw, download, download_cache
+from training.common import TimedModule, TrainingConfig, download, download_cache
 
 TARGET = ("val_error", 0.01)  # the issue's target: >= 99% accuracy
 FSDD_FILE = "fsdd_8k_int16.npz"
@@ -297,12 +297,11 @@ def random_eq(spec: Tensor, strength: float, components: int = 3) -> Tensor:
     return spec + (weights @ basis)[..., None]
 
 
-class AudioModule(L.LightningModule):
+class AudioModule(TimedModule):
     """Wires the AudioTransformer to cross-entropy, SpecAugment and AdamW."""
 
     def __init__(self, config: Config) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.model = AudioTransformer(AudioConfig(**config.model))
         self.freq_mask = torchaudio.transforms.FrequencyMasking(config.freq_mask_width, iid_masks=True)
         self.time_mask = torchaudio.transforms.TimeMasking(config.time_mask_width, iid_masks=True)
@@ -339,9 +338,6 @@ class AudioModule(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, digits), prog_bar=True, batch_size=n)
         self.log("val_acc", accuracy, prog_bar=True, batch_size=n)
         self.log("val_error", 1 - accuracy, batch_size=n)
-
-    def configure_optimizers(self):
-        return configure_adamw(self, self.config)
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[AudioModule, FSDDData]:

@@ -33,7 +33,7 @@ class TrainingConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 100
     max_steps: int = 1000
-    max_time_s: float | None = None  # stop after this much training time (Lightning's max_time)
+    max_time_s: float | None = None  # training time budget after the first step (TrainingClock)
     grad_clip: float = 1.0
     precision: str = "32-true"  # "bf16-mixed" on the GPU
     compile: bool = False
@@ -82,10 +82,49 @@ def download(url: str, dest: Path) -> Path:
     return dest
 
 
-def configure_adamw(module: L.LightningModule, config: TrainingConfig, total_steps: int | None = None):
-    """AdamW with decay on matrices only (not biases and norms), and a per-step warmup + cosine
-    schedule over max_steps or max_time_s, whichever runs out first. Returns what
-    `configure_optimizers` returns."""
+class TrainingClock(L.Callback):
+    """The run's time budget, `max_time_s`: the one mechanism that every task's schedule and stop use.
+
+    On a shared or unknown machine the step time is not known in advance, yet a run must end inside
+    its budget with a low learning rate. So training progress is `max(steps / max_steps, elapsed /
+    max_time_s)`, the cosine follows it, and training stops when either runs out. The clock starts
+    after the first step, so compile time is not counted as training. Under DDP every process takes
+    rank 0's reading (every `every` steps), so learning rates and the stop agree across ranks.
+    A LightningModule hands it to the Trainer from `configure_callbacks`."""
+
+    def __init__(self, max_steps: int, max_time_s: float | None, every: int = 10):
+        self.max_steps, self.max_time_s, self.every = max_steps, max_time_s, every
+        self.start: float | None = None  # time.monotonic() after the first step
+        self.time_progress = 0.0
+
+    def elapsed(self) -> float:
+        return 0.0 if self.start is None else time.monotonic() - self.start
+
+    def progress(self, step: int) -> float:
+        """Share of training done after `step` optimizer steps, in [0, 1]."""
+        return min(1.0, max(step / max(1, self.max_steps), self.time_progress))
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        if self.start is None:
+            self.start = time.monotonic()
+            return
+        if not self.max_time_s:
+            return
+        if trainer.world_size > 1:
+            if trainer.global_step % self.every:
+                return
+            elapsed = float(trainer.strategy.broadcast(self.elapsed(), src=0))
+        else:
+            elapsed = self.elapsed()
+        self.time_progress = min(1.0, elapsed / self.max_time_s)
+        if self.time_progress >= 1.0:
+            trainer.should_stop = True
+
+
+def configure_adamw(module: L.LightningModule, config: TrainingConfig, clock: TrainingClock | None = None):
+    """AdamW with decay on matrices only (not biases and norms), and a per-step linear warmup, then
+    a cosine down to `min_lr_ratio` over the clock's progress (steps or time, whichever is further
+    along; steps alone without a clock). Returns what `configure_optimizers` returns."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
@@ -93,20 +132,31 @@ def configure_adamw(module: L.LightningModule, config: TrainingConfig, total_ste
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = torch.cuda.is_available()  # one kernel for the whole update on the GPU
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
-    total = total_steps or config.max_steps
-    start = time.monotonic()
+    total = config.max_steps
 
     def multiplier(step: int) -> float:
-        if config.max_time_s and step >= config.warmup_steps:
-            # the cosine ends when the time budget does, if that comes before `total`: on a shared
-            # or slower machine the step time is not known in advance, and the run must still end
-            # with a low learning rate
-            by_time = int(total * min(1.0, (time.monotonic() - start) / config.max_time_s))
-            step = max(step, by_time)
+        if clock is not None and step >= config.warmup_steps:
+            step = max(step, int(total * clock.progress(step)))
         return warmup_cosine(step, config.warmup_steps, total, config.min_lr_ratio)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class TimedModule(L.LightningModule):
+    """What every task's LightningModule shares: its config, the TrainingClock (handed to the
+    Trainer by `configure_callbacks`) and AdamW with the clock's warmup + cosine schedule."""
+
+    def __init__(self, config: TrainingConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.clock = TrainingClock(config.max_steps, config.max_time_s)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.clock]
+
+    def configure_optimizers(self):
+        return configure_adamw(self, self.config, self.clock)
 
 
 def process_start_time() -> float:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from models.checkpoint import load_model, save_checkpoint
 from models.tokenizers import CharTokenizer, load_tokenizer
 from models.transformer import GPT, GPTConfig
-from training.common import TrainingConfig, configure_adamw, download, download_cache
+from training.common import TimedModule, TrainingConfig, download, download_cache
 
 DATA_FILE = "tinyshakespeare_input.txt.gz"
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -136,12 +136,11 @@ def next_token_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") ->
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
 
-class GenerationModule(L.LightningModule):
+class GenerationModule(TimedModule):
     """Wires a plain `GPT` to the next-character loss and AdamW; holds the vocabulary to export."""
 
     def __init__(self, config: Config, vocab: list[str]) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.tokenizer = CharTokenizer(vocab)
         self.model = GPT(gpt_config(config, len(vocab)))
         # Training runs a compiled forward; validation runs the plain module, which spares a second
@@ -158,9 +157,6 @@ class GenerationModule(L.LightningModule):
         inputs, targets = batch
         loss = next_token_loss(self.model(inputs).logits, targets)
         self.log("val_loss", loss, prog_bar=True, sync_dist=True)  # mean over the fixed windows
-
-    def configure_optimizers(self):
-        return configure_adamw(self, self.config)
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[GenerationModule, ShakespeareData]:

@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
         num_nodes=args.num_nodes,
         precision=config.precision,
         max_steps=config.max_steps,
-        max_time={"seconds": config.max_time_s} if config.max_time_s else None,
         gradient_clip_val=config.grad_clip or None,
         val_check_interval=config.val_every,
         check_val_every_n_epoch=None,

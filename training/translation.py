@@ -5,7 +5,7 @@
 
 Each training pair is (source ids + </s>, <2xx> + target ids + </s>) for en->de, de->en, en->fr and
 fr->en; batches hold a token budget of similar-length pairs; the loss is label-smoothed
-cross-entropy; the optimizer is AdamW with linear warmup and cosine decay (configure_adamw).
+cross-entropy; the optimizer is AdamW with linear warmup and cosine decay (training.common.TimedModule).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from models.checkpoint import load_model, save_checkpoint
 from models.tokenizers import load_tokenizer
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
 from models.translation import EOS_ID, LANGUAGES, PAD_ID, language_id, train_tokenizer, translate_texts
-from training.common import TrainingConfig, configure_adamw, download, download_cache
+from training.common import TimedModule, TrainingConfig, download, download_cache
 
 DIRECTIONS = ("en-de", "de-en", "en-fr", "fr-en")
 TEST_SPLIT = "test_2016_flickr"
@@ -174,10 +174,10 @@ class Multi30kData(L.LightningDataModule):
 # ----------------------------------------------------------------------------------------------
 
 
-class TranslationModule(L.LightningModule):
+class TranslationModule(TimedModule):
     def __init__(self, config: Config, tokenizer: Tokenizer) -> None:
-        super().__init__()
-        self.config, self.tokenizer = config, tokenizer
+        super().__init__(config)
+        self.tokenizer = tokenizer
         self.model = EncoderDecoder(EncoderDecoderConfig(**config.model))
         # compiled with dynamic shapes: every token-budget batch has its own (rows, length)
         self.forward_fn = torch.compile(self.model, dynamic=True) if config.compile else self.model
@@ -200,9 +200,6 @@ class TranslationModule(L.LightningModule):
         # plain cross-entropy per target token (no smoothing), so exp(val_loss) is the perplexity
         loss, n_tokens = self.loss(batch, 0.0)
         self.log("val_loss", loss, prog_bar=True, batch_size=n_tokens)
-
-    def configure_optimizers(self):
-        return configure_adamw(self, self.config)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Data: the JPEG pack in the data dir is decoded once with Pillow and cached as .n
 then lives on the training device as uint8 tensors and batches are cut by indexing, so loading
 costs nothing per step. Augmentation runs batched on the device (training/image_augment.py), then
 timm's Mixup/CutMix with label smoothing. Optional EMA of the weights; the EMA model is the one
-validated and exported. With `budget_s` the run is timed: the cosine schedule follows wall-clock
-progress and training stops when the budget is spent (a GPU recipe is "the best in N minutes").
+validated and exported. With `max_time_s` the run is timed (training.common.TrainingClock): the
+cosine follows wall-clock progress, counted from the end of the first (compiling) step, and training
+stops when the budget is spent (a GPU recipe is "the best in N minutes").
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.checkpoint import load_model, save_checkpoint
-from models.schedules import warmup_cosine
 from models.vision import VisionClassifier, ViTConfig
-from training.common import TrainingConfig, configure_adamw, download_cache
+from training.common import TimedModule, TrainingConfig, configure_adamw, download_cache
 from training.image_augment import BatchAugment
 
 PACK = "cifar10_jpeg_q75.npz"
 TARGET = ("val_error", 0.06)  # the issue's 94% test accuracy, as a lower-is-better metric
-CLOCK_EVERY = 10  # steps between wall-clock readings in a timed run (the LR holds in between)
 
 
 @dataclass
@@ -52,7 +51,6 @@ class Config(TrainingConfig):
     mix_prob: float = 1.0  # share of batches mixed
     mix_until: float = 1.0  # stop mixing after this share of training (fit clean images at the end)
     ema_decay: float = 0.0  # EMA of the weights (0 = off); the EMA model is validated and exported
-    budget_s: float | None = None  # timed run: schedule by wall clock, stop when spent
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,12 +209,12 @@ class WeightEMA(nn.Module):
                 ours.copy_(theirs)
 
 
-class VisionModule(L.LightningModule):
+class VisionModule(TimedModule):
     """Wires VisionClassifier to augmentation, mixing, the loss, the optimizer and the EMA."""
 
     def __init__(self, config: Config) -> None:
-        super().__init__()
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.model = VisionClassifier(ViTConfig(**c.model))
         self.augment = BatchAugment(c.crop_padding, c.flip, c.augment_magnitude, c.augment_prob)
         self.mixup = None
@@ -236,8 +234,6 @@ class VisionModule(L.LightningModule):
             # stays eager, so validating it never triggers an eval-mode recompile
             self.model.vit.compile()
             self.augment.compile()
-        self._clock_start: float | None = None
-        self._timed_progress = 0.0
         self._images_seen = 0
 
     @property
@@ -245,17 +241,11 @@ class VisionModule(L.LightningModule):
         """The model that validation, export and the demo see: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def progress(self) -> float:
-        """Share of training done: by wall clock in a timed run, else by steps."""
-        if self.config.budget_s:
-            return self._timed_progress
-        return min(1.0, self.global_step / max(1, self.config.max_steps))
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         with torch.autocast(self.device.type, enabled=False):  # pixels stay float32 under bf16-mixed
             x = self.model.normalize(self.augment(images))
-        if self.mixup is not None and self.progress() < self.config.mix_until:
+        if self.mixup is not None and self.clock.progress(self.global_step) < self.config.mix_until:
             x, targets = self.mixup(x, labels)  # soft targets, label smoothing included
             smoothing = 0.0
         else:
@@ -267,16 +257,8 @@ class VisionModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
-        if self._clock_start is None:  # start after the first step: compile time is not training
-            self._clock_start = time.perf_counter()
-            return
-        self._images_seen += batch[0].size(0)
-        if self.config.budget_s and self.global_step % CLOCK_EVERY == 0:
-            # every process takes rank 0's reading, so learning rates and the stop agree under DDP
-            elapsed = self.trainer.strategy.broadcast(time.perf_counter() - self._clock_start, src=0)
-            self._timed_progress = min(1.0, elapsed / self.config.budget_s)
-            if self._timed_progress >= 1.0:
-                self.trainer.should_stop = True
+        if self.clock.start is not None:  # images after the first (compiling) step, as the clock
+            self._images_seen += batch[0].size(0)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -288,25 +270,12 @@ class VisionModule(L.LightningModule):
         self.log("val_error", 1.0 - accuracy, batch_size=n, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        if self._clock_start is not None and self._images_seen:
-            seconds = time.perf_counter() - self._clock_start
-            self.log("train_images_per_s", self._images_seen * self.trainer.world_size / seconds)
+        if self._images_seen:
+            self.log("train_images_per_s", self._images_seen * self.trainer.world_size / self.clock.elapsed())
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
-    def timed_lr_multiplier(self, step: int) -> float:
-        """Timed run: linear warmup over the first steps, then a cosine over wall-clock progress."""
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        return warmup_cosine(self.progress(), 0, 1, c.min_lr_ratio)
-
     def configure_optimizers(self):
-        optim = configure_adamw(self.model, self.config)
-        if self.config.budget_s:
-            optim["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(
-                optim["optimizer"], self.timed_lr_multiplier
-            )
-        return optim
+        return configure_adamw(self.model, self.config, self.clock)  # not the EMA copy's weights
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[VisionModule, CIFAR10Data]:
