@@ -44,11 +44,8 @@ def share_cores(demo: gr.Blocks, limit: int) -> None:
     then run up to 14 requests on 2 cores. bench/load.py (20 clients) measured that short requests
     stay quick that way but a generation, which needs the CPU for every character, waited ~15 s
     for its first one (p95 29 s); one queue kept every endpoint's p95 under 7 s, at the same
-    throughput and memory. Streamed generation in a queue of its own did not help."""
-    if os.environ.get("PLAYGROUND_CONCURRENCY_GROUP", "shared") != "per_event":
-        for fn in demo.fns.values():
-            if fn.fn is not None and fn.queue:
-                fn.concurrency_id = "cores"
+    throughput and memory. Streamed generation in a queue of its own did not help.
+    Each tab's listeners join the group with `concurrency_id=demos.common.CORES`."""
     demo.queue(default_concurrency_limit=limit, max_size=64)
 
 

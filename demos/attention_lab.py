@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from bench import attention as attention_bench
 from demos.attention_inputs import char_label
-from demos.common import MissingCheckpoint, checkpoint_dir, get_model, has_checkpoint, zerogpu
+from demos.common import CORES, MissingCheckpoint, checkpoint_dir, get_model, has_checkpoint, zerogpu
 from demos.plots import unique_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
@@ -692,9 +692,9 @@ def build() -> None:
     outputs = [summary, saturation, *(plots[name] for name in STEP_ORDER)]
     # preprocess=False: API values reach the handler as sent, so a head of "x" gets a sentence
     # instead of the slider's internal error; attention_lab checks source, mask and head itself
-    run.click(handler, inputs, outputs, api_name="attention_lab", preprocess=False)
+    run.click(handler, inputs, outputs, api_name="attention_lab", preprocess=False, concurrency_id=CORES)
     for control in (source, mask, scaled, head):
-        control.input(handler, inputs, outputs, api_visibility="private")
+        control.input(handler, inputs, outputs, api_visibility="private", concurrency_id=CORES)
 
     with gr.Accordion("Positional encoding", open=False):
         with gr.Row():
@@ -703,7 +703,13 @@ def build() -> None:
         with gr.Row():
             pe_plot, sim_plot = (gr.Plot(value=f, show_label=False) for f in positional_figures())
         for control in (max_len, d_model):
-            control.change(positional_figures, [max_len, d_model], [pe_plot, sim_plot], api_visibility="private")
+            control.change(
+                positional_figures,
+                [max_len, d_model],
+                [pe_plot, sim_plot],
+                api_visibility="private",
+                concurrency_id=CORES,
+            )
 
     with gr.Accordion("Warmup learning-rate schedule", open=False):
         with gr.Row():
@@ -719,7 +725,9 @@ def build() -> None:
                 raise gr.Error("d_model, warmup and steps must be positive whole numbers.") from None
 
         for control in (sched_d, sched_w, sched_n):
-            control.change(schedule, [sched_d, sched_w, sched_n], sched_plot, api_visibility="private")
+            control.change(
+                schedule, [sched_d, sched_w, sched_n], sched_plot, api_visibility="private", concurrency_id=CORES
+            )
 
     with gr.Accordion("Efficiency: attention is O(n²)", open=False):
         gr.Markdown(
@@ -731,4 +739,6 @@ def build() -> None:
         measure = gr.Button("Measure on this CPU now (a few seconds)")
         efficiency = gr.Plot(value=efficiency_figure(), show_label=False)
         gr.Dataframe(value=stored_table() or None, headers=STORED_HEADERS, label="stored results")
-        measure.click(lambda: efficiency_figure(measure_live()), None, efficiency, api_visibility="private")
+        measure.click(
+            lambda: efficiency_figure(measure_live()), None, efficiency, api_visibility="private", concurrency_id=CORES
+        )

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from demos import attention_inputs
-from demos.common import MissingCheckpoint, checkpoint_dir, has_checkpoint, missing_message
+from demos.common import CORES, MissingCheckpoint, checkpoint_dir, has_checkpoint, missing_message
 from demos.plots import attention_heatmap, unique_labels
 from models.analysis import attention_entropy, attention_rollout
 
@@ -526,9 +526,9 @@ def build() -> None:
     outputs = [plot, grid, summary, notes, layer, head]
     # preprocess=False: an upload reaches the Image/Audio tabs' readers as a file, so one that is not
     # an image or a recording gets their message instead of Gradio's decoding error
-    show.click(run, all_inputs, outputs, api_name="attention_map", preprocess=False)
+    show.click(run, all_inputs, outputs, api_name="attention_map", preprocess=False, concurrency_id=CORES)
     for control in (kind, layer, head):
-        control.input(run, all_inputs, outputs, api_visibility="private")
+        control.input(run, all_inputs, outputs, api_visibility="private", concurrency_id=CORES)
 
     def pick(task_v, kind_v, layer_v, head_v, text_v, target_v, image_v, audio_v, evt: gr.SelectData):
         values = (text_v, target_v, image_v, audio_v)  # Gradio passes the click data after the inputs
@@ -541,8 +541,8 @@ def build() -> None:
             return layer_v, head_v
         return str(hit[0] + 1), AVERAGE if attention.kind == "rollout" else str(hit[1] + 1)
 
-    grid.select(pick, all_inputs, [layer, head], api_visibility="private").then(
-        run, all_inputs, outputs, api_visibility="private"
+    grid.select(pick, all_inputs, [layer, head], api_visibility="private", concurrency_id=CORES).then(
+        run, all_inputs, outputs, api_visibility="private", concurrency_id=CORES
     )
 
     def switch(task_v):
@@ -550,4 +550,4 @@ def build() -> None:
             raise gr.Error(f"Unknown model {task_v!r}; choose one of {', '.join(available)}.")
         return (gr.update(choices=list(KINDS[task_v]), value=KINDS[task_v][0]), *inputs.visibility(task_v))
 
-    task.change(switch, task, [kind, *inputs.components], api_visibility="private")
+    task.change(switch, task, [kind, *inputs.components], api_visibility="private", concurrency_id=CORES)

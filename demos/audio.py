@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
+from demos.common import CORES, MissingCheckpoint, get_model, has_checkpoint, missing_message
 from models.analysis import attention_rollout
 from models.audio import log_mel, prepare_waveform
 
@@ -305,6 +305,12 @@ def build() -> None:
     plot = gr.Plot(label="Log-mel spectrogram and CLS attention over time")
     state = gr.State()
 
-    run.click(classify_handler, [audio, layer, head], [top3, plot, notes, state], api_name="classify_audio")
+    run.click(
+        classify_handler,
+        [audio, layer, head],
+        [top3, plot, notes, state],
+        api_name="classify_audio",
+        concurrency_id=CORES,
+    )
     for control in (layer, head):
-        control.change(redraw, [state, layer, head], plot, api_visibility="private")
+        control.change(redraw, [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)

@@ -13,6 +13,11 @@ from models.tokenizers import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every event names this concurrency group, so all of them share one queue and the app's limit of
+# requests at once (app.py's share_cores says why). PLAYGROUND_CONCURRENCY_GROUP=per_event gives
+# each event its own group, Gradio's default, to compare the two with bench/load.py.
+CORES = None if os.environ.get("PLAYGROUND_CONCURRENCY_GROUP", "shared") == "per_event" else "cores"
+
 
 def checkpoint_dir(task: str) -> Path:
     """checkpoints/<task>, or $PLAYGROUND_CHECKPOINTS/<task> (tests point it elsewhere)."""

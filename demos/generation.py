@@ -16,7 +16,7 @@ import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
+from demos.common import CORES, MissingCheckpoint, get_model, has_checkpoint, missing_message
 from models.decoding import filter_logits, sample
 from models.tokenizers import CharTokenizer
 
@@ -343,7 +343,7 @@ def build() -> None:
     inputs = [prompt, max_new, temperature, top_k, top_p, seed, use_cache]
     # preprocess=False: API values reach our checks as sent, so out-of-range ones get our clamps
     # and messages instead of Gradio's bounds error
-    event = run.click(_stream, inputs, [output, stats], api_name="generate", preprocess=False)
+    event = run.click(_stream, inputs, [output, stats], api_name="generate", preprocess=False, concurrency_id=CORES)
     stop.click(None, cancels=[event])
     gr.on(
         [prompt.change, temperature.change, top_k.change, top_p.change],
@@ -351,6 +351,7 @@ def build() -> None:
         [prompt, temperature, top_k, top_p],
         plot,
         api_name="next_token",
+        concurrency_id=CORES,
         trigger_mode="always_last",
         show_progress="hidden",
         preprocess=False,

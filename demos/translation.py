@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from demos.common import MissingCheckpoint, get_model, has_checkpoint, missing_message
+from demos.common import CORES, MissingCheckpoint, get_model, has_checkpoint, missing_message
 from demos.plots import attention_heatmap
 from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, translate_ids
 
@@ -227,10 +227,14 @@ def build() -> None:
     inputs = [text, source, target, beam, layer, head]
     outputs = [translation, notes, plot, state]
     # preprocess=False: API values reach translate()'s checks as sent (a text beam size gets a sentence)
-    go.click(_on_translate, inputs, outputs, api_name="translate", preprocess=False)
-    text.submit(_on_translate, inputs, outputs, api_visibility="private", preprocess=False)
+    go.click(_on_translate, inputs, outputs, api_name="translate", preprocess=False, concurrency_id=CORES)
+    text.submit(_on_translate, inputs, outputs, api_visibility="private", preprocess=False, concurrency_id=CORES)
     swap.click(
-        _swap, [text, translation, source, target], [text, translation, source, target], api_visibility="private"
+        _swap,
+        [text, translation, source, target],
+        [text, translation, source, target],
+        api_visibility="private",
+        concurrency_id=CORES,
     )
     for selector in (layer, head):
-        selector.change(attention_figure, [state, layer, head], plot, api_visibility="private")
+        selector.change(attention_figure, [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from demos.common import MissingCheckpoint, checkpoint_config, get_model, has_checkpoint, missing_message
+from demos.common import CORES, MissingCheckpoint, checkpoint_config, get_model, has_checkpoint, missing_message
 
 TITLE = "Image"
 TASK = "vision"
@@ -378,7 +378,8 @@ def build() -> None:
         [photo, layer, head],
         [label, view, rollout, cls_map, state],
         api_name="classify_image",
+        concurrency_id=CORES,
         preprocess=False,
     )
     for control in (layer, head):
-        control.change(pick_map, [state, layer, head], cls_map, api_visibility="private")
+        control.change(pick_map, [state, layer, head], cls_map, api_visibility="private", concurrency_id=CORES)
