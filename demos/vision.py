@@ -3,14 +3,18 @@
 `classify_image(image) -> ImageResult` is the plain inference function (tests and the API call
 it); `build()` lays out the tab. Any file a person might send is either read (every PIL mode,
 animated images by their first frame, huge JPEGs decoded at reduced scale) or refused with a
-sentence that says why.
+sentence that says why. A second choice, timm's ImageNet-pretrained ViT-Tiny, needs the Hugging
+Face hub once to fetch its weights; offline it says so (`PretrainedUnavailable`).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import socket
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
@@ -30,8 +34,20 @@ MAX_JPEG_PIXELS = 400_000_000  # JPEGs decode at 1/8 scale, so they may be large
 DISPLAY = 256  # side of the pictures the tab shows
 
 
+# the model choice: its label in the tab (also what the API takes) -> its key
+OURS = "Ours: CIFAR-10 ViT trained from scratch (offline)"
+IMAGENET = "timm's ImageNet-pretrained ViT-Tiny (fetched once from the Hugging Face hub)"
+MODELS = {OURS: "ours", IMAGENET: "imagenet"}
+IMAGENET_SHAPE = (12, 3)  # layers, heads of models.vision.PRETRAINED_VIT, for the selectors
+HUB = ("huggingface.co", 443)
+
+
 class BadImage(ValueError):
     """Input that is not a usable image; the message is meant for the person who sent it."""
+
+
+class PretrainedUnavailable(RuntimeError):
+    """The pretrained model's weights are neither cached nor downloadable; the message says why."""
 
 
 @dataclass
@@ -65,7 +81,7 @@ def load_image(source) -> tuple[Image.Image, list[str]]:
     if getattr(image, "n_frames", 1) > 1:
         notes.append(f"Animated image: classified its first frame only (it has {image.n_frames}).")
     if min(w, h) < 16:
-        notes.append(f"The image is only {w}x{h} pixels: the model sees it blown up to 32x32, so do not trust much.")
+        notes.append(f"The image is only {w}x{h} pixels: the model sees it blown up, so do not trust much.")
     if image.mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
         notes.append("Greyscale image: the model learned from colour photos, so colour cues are missing.")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -139,13 +155,61 @@ def _from_array(array: np.ndarray) -> Image.Image:
 # ----------------------------------------------------------------------------------------------
 
 
-def classify_image(image) -> ImageResult:
-    """Top-5 classes, the model's 32x32 view, attention rollout and per-head CLS attention.
+_pretrained: dict[str, torch.nn.Module] = {}
+_pretrained_lock = threading.Lock()
 
-    Raises BadImage for unusable input and MissingCheckpoint when the model is absent."""
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (False at once when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(HUB, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def weights_cached(name: str) -> bool:
+    """Whether timm's weights for `name` are already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(f"timm/{name}", "model.safetensors"), str)
+
+
+def pretrained_model():
+    """timm's ImageNet ViT-Tiny, loaded once; PretrainedUnavailable when it cannot be had."""
+    from models.vision import PRETRAINED_VIT, pretrained_imagenet_vit
+
+    with _pretrained_lock:
+        if PRETRAINED_VIT not in _pretrained:
+            if not weights_cached(PRETRAINED_VIT) and not hub_reachable():
+                raise PretrainedUnavailable(
+                    "The ImageNet-pretrained ViT needs the network once, to fetch its weights (22 MB) from the "
+                    "Hugging Face hub, and this machine cannot reach it. Choose our CIFAR-10 model, which "
+                    "works offline."
+                )
+            try:
+                _pretrained[PRETRAINED_VIT] = pretrained_imagenet_vit(PRETRAINED_VIT)
+            except Exception as err:  # the hub's and timm's errors are many; the person needs one sentence
+                raise PretrainedUnavailable(
+                    f"Could not load the ImageNet-pretrained ViT from the Hugging Face hub ({type(err).__name__}). "
+                    "Our CIFAR-10 model works offline."
+                ) from err
+        return _pretrained[PRETRAINED_VIT]
+
+
+def classify_image(image, model: str = "ours") -> ImageResult:
+    """Top-5 classes, the model's own view (32x32 for ours), attention rollout and per-head CLS
+    attention, from our CIFAR-10 model (`model="ours"`) or timm's ImageNet one ("imagenet").
+
+    Raises BadImage for unusable input, MissingCheckpoint when our model is absent and
+    PretrainedUnavailable when the ImageNet one cannot be loaded."""
     from models.vision import center_square, image_tensor, to_rgb  # here: it imports timm (~2 s)
 
-    model, _ = get_model(TASK)
+    if model not in MODELS.values():
+        raise BadImage(f"Unknown model {model!r}; choose one of: {', '.join(MODELS)}.")
+    model = pretrained_model() if model == "imagenet" else get_model(TASK)[0]
     c = model.config
     pil, notes = load_image(image)
     rgb = to_rgb(pil)
@@ -182,7 +246,8 @@ def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.nda
 
     size = picture.shape[0]
     scaled = heat / heat.max() if heat.max() > 0 else heat
-    block = np.kron(scaled, np.ones((size // heat.shape[0], size // heat.shape[1])))
+    rows, cols = (np.arange(size) * n // size for n in heat.shape)  # pixel -> its patch
+    block = scaled[rows][:, cols]
     colour = colormaps["inferno"](block)[..., :3] * 255
     return ((1 - alpha) * picture + alpha * colour).astype(np.uint8)
 
@@ -309,16 +374,18 @@ def pick_map(result: ImageResult | None, layer_name: str, head_name: str) -> np.
     return overlay(result.display, cls_attention_map(result, layer, head))
 
 
-def classify_handler(payload, layer_name: str = "average", head_name: str = "average"):
+def classify_handler(payload, layer_name: str = "average", head_name: str = "average", model_name: str = OURS):
     """The tab's (and /classify_image's) handler: mistakes become gr.Error, notes gr.Warning."""
     import gradio as gr
 
     if payload is None:
         raise gr.Error("Upload a photo, take one with the webcam or paste one first.")
+    if model_name not in MODELS:
+        raise gr.Error(f"Unknown model {model_name!r}; choose one of: {'; '.join(MODELS)}.")
     try:
-        result = classify_image(_payload_source(payload))
+        result = classify_image(_payload_source(payload), MODELS[model_name])
         chosen = pick_map(result, layer_name, head_name)
-    except (BadImage, MissingCheckpoint) as err:
+    except (BadImage, MissingCheckpoint, PretrainedUnavailable) as err:
         raise gr.Error(str(err)) from None
     for note in result.notes:
         gr.Warning(note)
@@ -329,6 +396,14 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
         chosen,
         result,
     )
+
+
+def selector_choices(model_name: str, ours: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """The layer and head dropdowns' choices for a model ('average' first)."""
+    layers, heads = ours if MODELS.get(model_name) == "ours" else IMAGENET_SHAPE
+    return ["average"] + [f"layer {i + 1}" for i in range(layers)], ["average"] + [
+        f"head {i + 1}" for i in range(heads)
+    ]
 
 
 def build() -> None:
@@ -345,29 +420,29 @@ def build() -> None:
         f"picture as a {c.img_size}x{c.img_size} square cut into {c.grid_size}x{c.grid_size} patches of "
         f"{c.patch_size}x{c.patch_size} pixels, one token each, plus a CLS token whose final state is classified. "
         "Attention rollout multiplies the attention of all layers (plus the residual path) to show which "
-        "patches the CLS token drew on in the end."
+        "patches the CLS token drew on in the end. For comparison, a ViT pretrained on ImageNet by timm "
+        "(1000 classes, 224x224 as 14x14 patches) can be chosen when the machine is online."
     )
+    ours = (c.depth, c.num_heads)
     with gr.Row():
         with gr.Column():
             photo = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=300)
+            model = gr.Radio(list(MODELS), value=OURS, label="Model")
             run = gr.Button("Classify", variant="primary")
             gr.Examples(example_paths(), inputs=photo, label="Drawn examples (not CIFAR images)")
         with gr.Column():
             label = gr.Label(num_top_classes=5, label="Top 5")
             with gr.Row():
-                view = gr.Image(label=f"What the model saw ({c.img_size}x{c.img_size})", interactive=False)
+                view = gr.Image(label="What the model saw (its input size)", interactive=False)
                 rollout = gr.Image(label="Attention rollout (CLS to patches)", interactive=False)
     with gr.Row():
         with gr.Column():
             gr.Markdown(
                 "**One layer, one head.** Where the CLS token looks in a single layer and head (row 0 of its map)."
             )
-            layer = gr.Dropdown(
-                ["average"] + [f"layer {i + 1}" for i in range(c.depth)], value="average", label="Layer"
-            )
-            head = gr.Dropdown(
-                ["average"] + [f"head {i + 1}" for i in range(c.num_heads)], value="average", label="Head"
-            )
+            layer_choices, head_choices = selector_choices(OURS, ours)
+            layer = gr.Dropdown(layer_choices, value="average", label="Layer")
+            head = gr.Dropdown(head_choices, value="average", label="Head")
         cls_map = gr.Image(label="CLS-to-patch attention of the chosen layer and head", interactive=False)
     state = gr.State()
 
@@ -375,7 +450,7 @@ def build() -> None:
     # say what is wrong with it (gr.Image's own decoding would fail with a generic error)
     run.click(
         classify_handler,
-        [photo, layer, head],
+        [photo, layer, head, model],
         [label, view, rollout, cls_map, state],
         api_name="classify_image",
         concurrency_id=CORES,
@@ -383,3 +458,17 @@ def build() -> None:
     )
     for control in (layer, head):
         control.change(pick_map, [state, layer, head], cls_map, api_visibility="private", concurrency_id=CORES)
+
+    def switch_model(model_name: str):
+        """Another model: its own layers and heads to choose from, and no stale results."""
+        layers, heads = selector_choices(model_name, ours)
+        cleared = (None, None, None, None, None)
+        return gr.update(choices=layers, value="average"), gr.update(choices=heads, value="average"), *cleared
+
+    model.change(
+        switch_model,
+        model,
+        [layer, head, label, view, rollout, cls_map, state],
+        api_visibility="private",
+        concurrency_id=CORES,
+    )

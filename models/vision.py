@@ -84,14 +84,16 @@ class VisionClassifier(nn.Module):
 
     architecture = "vit"
 
-    def __init__(self, config: ViTConfig) -> None:
+    def __init__(self, config: ViTConfig, vit: VisionTransformer | None = None) -> None:
+        """Builds timm's VisionTransformer from `config`, or wraps `vit`, an already built one
+        that `config` describes (see `pretrained_imagenet_vit`)."""
         super().__init__()
         self.config = c = config
         if len(c.class_names) != c.num_classes:
             raise ValueError(f"{len(c.class_names)} class names for {c.num_classes} classes")
         if c.stem not in STEMS:
             raise ValueError(f"unknown stem {c.stem!r}; known: {sorted(STEMS)}")
-        self.vit = VisionTransformer(
+        self.vit = vit or VisionTransformer(
             img_size=c.img_size,
             patch_size=c.patch_size,
             num_classes=c.num_classes,
@@ -129,6 +131,37 @@ class VisionClassifier(nn.Module):
         flow = flow / flow.sum(-1, keepdim=True)
         g = self.config.grid_size
         return flow.reshape(-1, g, g)
+
+
+# timm's ViT-Tiny, pretrained on ImageNet-21k and fine-tuned on ImageNet-1k (AugReg, Steiner et al.
+# 2021): 5.7M parameters, 22 MB of weights on the Hugging Face hub, 224x224 input as 14x14 patches.
+PRETRAINED_VIT = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+
+
+def pretrained_imagenet_vit(name: str = PRETRAINED_VIT, weights: bool = True) -> VisionClassifier:
+    """A timm ImageNet ViT behind this module's interface, so the Image tab shows its rollout and
+    per-head maps as it does ours. `weights=True` fetches them from the Hugging Face hub (or its
+    local cache); `weights=False` gives the same architecture, untrained (for tests offline)."""
+    import timm
+    from timm.data import ImageNetInfo
+
+    vit = timm.create_model(name, pretrained=weights)
+    data = vit.pretrained_cfg
+    info = ImageNetInfo()
+    config = ViTConfig(
+        img_size=data["input_size"][-1],
+        patch_size=vit.patch_embed.patch_size[0],
+        embed_dim=vit.embed_dim,
+        depth=len(vit.blocks),
+        num_heads=vit.blocks[0].attn.num_heads,
+        mlp_ratio=vit.blocks[0].mlp.fc1.out_features / vit.embed_dim,
+        num_classes=vit.num_classes,
+        # WordNet descriptions list synonyms ("tabby, tabby cat"): the first names the class
+        class_names=[info.index_to_description(i).split(",")[0] for i in range(vit.num_classes)],
+        mean=list(data["mean"]),
+        std=list(data["std"]),
+    )
+    return VisionClassifier(config, vit=vit).eval()
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from demos import vision
 from tests.app_server import ROOT, AppServer
 
 pytestmark = pytest.mark.slow  # starts the app once (~5 s), then ~0.2 s per case
@@ -69,8 +70,9 @@ def translate(text="A dog runs.", source="English", target="German", beam=2, lay
     return (text, source, target, beam, layer, head)
 
 
-def image(upload, layer="average", head="average") -> tuple:
-    return (upload if upload is None or not isinstance(upload, str) else Upload(upload), layer, head)
+def image(upload, layer="average", head="average", model=None) -> tuple:
+    args = (upload if upload is None or not isinstance(upload, str) else Upload(upload), layer, head)
+    return args if model is None else (*args, model)
 
 
 def audio(upload, layer="rollout (all layers)", head="mean of heads") -> tuple:
@@ -143,6 +145,11 @@ CASES = {
     "img-animated-gif": Case("/classify_image", image("animated.gif"), "Animated image", note=True),
     "img-layer-unknown": Case("/classify_image", image("good.png", layer="layer 9"), "layer must be 'average'"),
     "img-head-text": Case("/classify_image", image("good.png", head="banana"), "head must be 'average'"),
+    "img-model-unknown": Case("/classify_image", image("good.png", model="resnet"), "Unknown model 'resnet'"),
+    # the app under test is offline (HF_HUB_OFFLINE=1): the pretrained choice says what it needs
+    "img-pretrained-offline": Case(
+        "/classify_image", image("good.png", model=vision.IMAGENET), "needs the network once.*works offline"
+    ),
     # --- Audio (issue 7): empty, silence, too long, NaN/inf, not audio, bit depths, channels
     "audio-not-audio": Case("/classify_audio", audio("text.png"), "not an audio file that can be read"),
     "audio-image-file": Case("/classify_audio", audio("good.png"), "not an audio file that can be read"),

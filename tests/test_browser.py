@@ -161,6 +161,24 @@ def test_image_upload_and_classify(page, inputs):
     screenshot(page, "image")
 
 
+def test_image_pretrained_choice_offline_explains_itself(page, inputs):
+    """The app under test is offline: choosing the ImageNet ViT and classifying shows why it cannot
+    run, and the layer selector now offers that model's 12 layers; back to ours, it works again."""
+    from demos.vision import IMAGENET, OURS
+
+    panel = open_tab(page, "Image")
+    panel.get_by_label(IMAGENET).check()
+    panel.locator("input[type=file]").first.set_input_files(inputs["image"])
+    panel.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text("needs the network once").first.wait_for()
+    panel.get_by_label("Layer", exact=True).click()
+    page.get_by_role("option", name="layer 12", exact=True).wait_for()
+    page.keyboard.press("Escape")
+    panel.get_by_label(OURS).check()
+    panel.get_by_role("button", name="Classify", exact=True).click()
+    panel.get_by_test_id("label-output-value").wait_for()
+
+
 def test_audio_upload_and_classify(page, inputs):
     panel = open_tab(page, "Audio")
     panel.get_by_label("Upload file").first.click()  # the recorder is the first source; switch to upload

@@ -469,6 +469,81 @@ def test_handler_reports_a_missing_checkpoint(tmp_path, monkeypatch):
         tab.classify_handler({"path": str(tmp_path / "ok.png")})
 
 
+# --- the ImageNet-pretrained second choice (weights need the network; the rest is tested offline)
+
+
+@pytest.fixture(scope="module")
+def imagenet_architecture() -> VisionClassifier:
+    """timm's ViT-Tiny as `pretrained_imagenet_vit` wraps it, with untrained weights (no network)."""
+    from models.vision import pretrained_imagenet_vit
+
+    return pretrained_imagenet_vit(weights=False)
+
+
+def test_pretrained_wrapper_describes_the_timm_model(imagenet_architecture):
+    m = imagenet_architecture
+    c = m.config
+    assert (c.img_size, c.patch_size, c.grid_size, c.num_classes) == (224, 16, 14, 1000)
+    assert (c.depth, c.num_heads) == tab.IMAGENET_SHAPE  # the tab's selectors offer these
+    assert c.class_names[1] == "goldfish" and len(set(c.class_names)) > 990
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        plain = m(x).logits
+        out = m(x, need_weights=True)
+    assert torch.equal(plain, m.vit(x))  # the wrapper adds nothing to timm's forward
+    assert torch.allclose(out.logits, plain, atol=1e-4)  # unfused, for the maps: same answer
+    assert len(out.attentions) == 12 and out.attentions[0]["self"].shape == (1, 3, 197, 197)
+
+
+def test_pretrained_choice_runs_the_whole_tab_path(imagenet_architecture, monkeypatch):
+    from models.vision import PRETRAINED_VIT
+
+    monkeypatch.setitem(tab._pretrained, PRETRAINED_VIT, imagenet_architecture)
+    result = tab.classify_image(Image.fromarray(photo(size=(300, 200))), "imagenet")
+    assert len(result.top5) == 5 and set(result.top5) <= set(imagenet_architecture.config.class_names)
+    assert result.model_view.shape == (224, 224, 3)
+    assert result.rollout.shape == (14, 14) and result.rollout.sum() == pytest.approx(1, abs=1e-5)
+    assert result.cls_attention.shape == (*tab.IMAGENET_SHAPE, 14, 14)
+    label, view, rollout, cls_map, kept = tab.classify_handler(
+        Image.fromarray(photo()), "layer 12", "head 3", tab.IMAGENET
+    )
+    assert np.array_equal(cls_map, tab.overlay(kept.display, kept.cls_attention[11, 2]))
+
+
+def test_pretrained_choice_offline_says_it_needs_the_network(monkeypatch):
+    import gradio as gr
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(tab, "weights_cached", lambda name: False)
+    monkeypatch.setattr(tab, "_pretrained", {})
+    with pytest.raises(tab.PretrainedUnavailable, match="needs the network once"):
+        tab.classify_image(Image.fromarray(photo()), "imagenet")
+    with pytest.raises(gr.Error, match="works offline"):
+        tab.classify_handler(Image.fromarray(photo()), "average", "average", tab.IMAGENET)
+    with pytest.raises(gr.Error, match="Unknown model"):
+        tab.classify_handler(Image.fromarray(photo()), "average", "average", "resnet")
+
+
+def test_hub_check_is_quick_offline(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    assert not tab.hub_reachable()
+    assert time.perf_counter() - start < 0.1
+
+
+def test_selectors_follow_the_chosen_model():
+    layers, heads = tab.selector_choices(tab.OURS, (4, 2))
+    assert layers == ["average", "layer 1", "layer 2", "layer 3", "layer 4"] and heads == [
+        "average",
+        "head 1",
+        "head 2",
+    ]
+    layers, heads = tab.selector_choices(tab.IMAGENET, (4, 2))
+    assert (len(layers), len(heads)) == (13, 4)
+
+
 def test_examples_are_drawn_pictures(tmp_path):
     paths = tab.draw_examples(tmp_path)
     assert len(paths) == 5
