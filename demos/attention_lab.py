@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from bench import attention as attention_bench
 from demos.attention_inputs import char_label
 from demos.common import CORES, MissingCheckpoint, checkpoint_dir, get_model, has_checkpoint, zerogpu
-from demos.plots import unique_labels
+from demos.plots import plot_labels, unique_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
 from models.positional import SinusoidalPositionalEncoding, sinusoidal_table
@@ -319,8 +319,8 @@ def matrix_figure(
     fig = go.Figure(
         go.Heatmap(
             z=finite,
-            x=unique_labels(cols),
-            y=unique_labels(rows),
+            x=plot_labels(cols),
+            y=plot_labels(rows),
             text=text,
             texttemplate="%{text}",
             textfont={"size": 9},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -23,23 +25,31 @@ def attention_heatmap(
     fig = go.Figure(
         go.Heatmap(
             z=w,
-            x=unique_labels(key_labels),
-            y=unique_labels(query_labels),
+            x=plot_labels(key_labels),
+            y=plot_labels(query_labels),
             colorscale="Blues",
             zmin=0.0,
             zmax=float(w.max()) if w.size else 1.0,
             hovertemplate=f"{query_axis} %{{y}}<br>{key_axis} %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
         )
     )
-    size = max(len(query_labels), len(key_labels))
+    # the key labels stand on top, slanted; the title goes above them, in a top margin sized for
+    # both, so the cells keep their room (~24 px a row) however long the labels are
+    label_room = min(120, 10 + 6 * max((len(k) for k in key_labels), default=1))
+    top = 60 + label_room
     fig.update_layout(
-        title=title,
-        xaxis={"title": key_axis, "tickangle": -45, "side": "top"},
-        yaxis={"title": query_axis, "autorange": "reversed"},
-        height=height or min(900, 260 + 16 * size),
-        margin={"l": 60, "r": 20, "t": 80, "b": 20},
+        title={"text": title, "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "top", "pad": {"t": 10, "l": 8}},
+        xaxis={"title": {"text": key_axis, "standoff": 2}, "tickangle": -45, "side": "top", "automargin": False},
+        yaxis={"title": {"text": query_axis, "standoff": 2}, "autorange": "reversed", "automargin": False},
+        height=height or min(900, top + 40 + 24 * len(query_labels)),
+        margin={"l": 30 + min(150, 7 * max((len(q) for q in query_labels), default=1)), "r": 20, "t": top, "b": 20},
     )
     return fig
+
+
+def plot_labels(labels: list[str]) -> list[str]:
+    """unique_labels, escaped for plotly, which reads labels as HTML: '</s>' would vanish as a tag."""
+    return [html.escape(label, quote=False) for label in unique_labels(labels)]
 
 
 def unique_labels(labels: list[str]) -> list[str]:

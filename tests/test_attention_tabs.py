@@ -19,7 +19,7 @@ from demos import attention_lab as lab
 from demos import attention_maps as maps
 from demos.attention_inputs import char_label
 from demos.common import MissingCheckpoint
-from demos.plots import unique_labels
+from demos.plots import plot_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention
 from models.checkpoint import save_checkpoint
@@ -99,7 +99,7 @@ def test_generation_map_labels_shapes_and_causality(with_all):
     assert np.all(np.triu(a.weights, k=1) == 0)  # causal: no weight on later characters
     np.testing.assert_array_equal(result.values, a.weights[1, 0])
     heatmap = result.figure.data[0]
-    assert list(heatmap.y) == unique_labels(a.query_labels) and list(heatmap.x) == unique_labels(a.key_labels)
+    assert list(heatmap.y) == plot_labels(a.query_labels) and list(heatmap.x) == plot_labels(a.key_labels)
     assert np.asarray(heatmap.z).shape == (len(text), len(text))
     assert len(result.summary) == 2 * 2
 
