@@ -171,6 +171,8 @@ def test_image_pretrained_choice_offline_explains_itself(page, inputs):
     panel.locator("input[type=file]").first.set_input_files(inputs["image"])
     panel.get_by_role("button", name="Classify", exact=True).click()
     page.get_by_text("needs the network once").first.wait_for()
+    page.get_by_test_id("toast-close").first.click()  # the message would linger over later screenshots
+    page.get_by_test_id("toast-body").first.wait_for(state="detached")
     panel.get_by_label("Layer", exact=True).click()
     page.get_by_role("option", name="layer 12", exact=True).wait_for()
     page.keyboard.press("Escape")
