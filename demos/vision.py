@@ -208,7 +208,7 @@ def classify_image(image, model: str = "ours") -> ImageResult:
     from models.vision import center_square, image_tensor, to_rgb  # here: it imports timm (~2 s)
 
     if model not in MODELS.values():
-        raise BadImage(f"Unknown model {model!r}; choose one of: {', '.join(MODELS)}.")
+        raise BadImage(f"Unknown model {model!r}; choose one of: {', '.join(MODELS.values())}.")
     model = pretrained_model() if model == "imagenet" else get_model(TASK)[0]
     c = model.config
     pil, notes = load_image(image)
@@ -401,9 +401,9 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
 def selector_choices(model_name: str, ours: tuple[int, int]) -> tuple[list[str], list[str]]:
     """The layer and head dropdowns' choices for a model ('average' first)."""
     layers, heads = ours if MODELS.get(model_name) == "ours" else IMAGENET_SHAPE
-    return ["average"] + [f"layer {i + 1}" for i in range(layers)], ["average"] + [
-        f"head {i + 1}" for i in range(heads)
-    ]
+    layer_names = [f"layer {i + 1}" for i in range(layers)]
+    head_names = [f"head {i + 1}" for i in range(heads)]
+    return ["average", *layer_names], ["average", *head_names]
 
 
 def build() -> None:

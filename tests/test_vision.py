@@ -522,6 +522,8 @@ def test_pretrained_choice_offline_says_it_needs_the_network(monkeypatch):
         tab.classify_handler(Image.fromarray(photo()), "average", "average", tab.IMAGENET)
     with pytest.raises(gr.Error, match="Unknown model"):
         tab.classify_handler(Image.fromarray(photo()), "average", "average", "resnet")
+    with pytest.raises(tab.BadImage, match="choose one of: ours, imagenet"):
+        tab.classify_image(Image.fromarray(photo()), "resnet")
 
 
 def test_hub_check_is_quick_offline(monkeypatch):
