@@ -220,6 +220,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W_O mixes the heads
         self.dropout = dropout
         self.rope = rope
+        # the factor on Q K^T: None is the paper's 1/sqrt(d_k); 1.0 switches the scaling off (the
+        # Train tab's experiment: wide heads then saturate the softmax)
+        self.scale: float | None = None
 
     def split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -257,13 +260,13 @@ class MultiHeadAttention(nn.Module):
             mask = causal_part if mask is None else mask & causal_part
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.scale)
         else:
             weights = None
             if causal and t_q == t_k and mask is causal_part:  # let the kernel skip the mask
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scale)
         if cache is not None and context is None:
             cache.trim()
         out = out.transpose(1, 2).reshape(x.size(0), t_q, -1)  # concatenate the heads

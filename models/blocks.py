@@ -98,6 +98,7 @@ class DecoderLayer(nn.Module):
         self.cross_residual = Residual(d_model, dropout, norm_first) if cross_attention else None
         self.ff = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
         self.ff_residual = Residual(d_model, dropout, norm_first)
+        self.causal = True  # False lets each position see the future (an experiment: it cheats)
 
     def forward(
         self,
@@ -113,7 +114,9 @@ class DecoderLayer(nn.Module):
         position = cache.position if cache is not None else 0
         x, self_w = self.self_residual(
             x,
-            lambda h: self.self_attn(h, causal=True, cache=self_cache, position=position, need_weights=need_weights),
+            lambda h: self.self_attn(
+                h, causal=self.causal, cache=self_cache, position=position, need_weights=need_weights
+            ),
         )
         cross_w = None
         if self.cross_attn is not None:

@@ -127,7 +127,7 @@ class EncoderDecoderConfig:
     d_model: int = 256
     d_ff: int = 1024
     dropout: float = 0.1
-    positional: str = "sinusoidal"
+    positional: str = "sinusoidal"  # sinusoidal | learned | rope | none
     norm_first: bool = True
     activation: str = "relu"
     pad_id: int = 0
@@ -164,10 +164,13 @@ class EncoderDecoder(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
         self.positional = build_positional(c.positional, c.d_model, c.max_len)
         self.embed_scale = c.d_model**0.5  # the paper multiplies embeddings by sqrt(d_model)
+        rope = RotaryEmbedding(c.d_model // c.n_heads) if c.positional == "rope" else None
         self.dropout = nn.Dropout(c.dropout)
-        self.encoder = Encoder(c.n_encoder_layers, c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.activation)
+        self.encoder = Encoder(
+            c.n_encoder_layers, c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.activation, rope
+        )
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.activation, cross_attention=True)
+            DecoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.activation, True, rope=rope)
             for _ in range(c.n_decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
