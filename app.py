@@ -17,9 +17,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
-from demos import attention_lab, attention_maps, audio, common, generation, translation, vision  # noqa: E402
+from demos import common, registry  # noqa: E402
 
-TABS = (generation, translation, vision, audio, attention_maps, attention_lab)
+# the tab bar: every model's tab, then the tabs that look inside them (demos/registry.py)
+TABS = tuple(registry.tab_modules())
 
 INTRO = """# Transformer Playground
 Small transformers trained from scratch, and everything they attend to. Each tab runs one of our
@@ -59,7 +60,7 @@ def main() -> None:
         prevent_thread_lock=True,
     )
     # the page is up; now the models the layout did not need (the ViT pulls in timm, ~2 s)
-    common.load_in_background([generation.TASK, translation.TASK, vision.TASK, audio.TASK])
+    common.load_in_background(registry.tasks())
     demo.block_thread()
 
 

@@ -1,11 +1,18 @@
-"""What every tab shares: where checkpoints live, loading them once, and friendly errors."""
+"""What every tab shares: where checkpoints live, loading them once, one kind of user error with
+one decorator that shows it, one layer/head selector format, and one helper that wires an event
+into the app's shared queue."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.checkpoint import load_model, read_config
@@ -17,6 +24,19 @@ ROOT = Path(__file__).resolve().parent.parent
 # requests at once (app.py's share_cores says why). PLAYGROUND_CONCURRENCY_GROUP=per_event gives
 # each event its own group, Gradio's default, to compare the two with bench/load.py.
 CORES = None if os.environ.get("PLAYGROUND_CONCURRENCY_GROUP", "shared") == "per_event" else "cores"
+
+
+@dataclass
+class AttentionView:
+    """What a model tab's `attention_of(...)` gives the Attention Maps tab (demos/registry.py):
+    the model's attention of every kind (models.attention_data.Attention, keyed by kind), what
+    to draw it over, and notes for the person."""
+
+    maps: dict  # kind -> models.attention_data.Attention
+    notes: list[str] = field(default_factory=list)
+    image: np.ndarray | None = None  # (H, W, 3) uint8: the picture the patches cover (vision)
+    spectrogram: np.ndarray | None = None  # (n_mels, frames) dB, shown under the map (audio)
+    spectrogram_times: np.ndarray | None = None  # seconds of each spectrogram frame
 
 
 def checkpoint_dir(task: str) -> Path:
@@ -35,7 +55,12 @@ def checkpoint_config(task: str) -> dict:
     return read_config(checkpoint_dir(task))["config"]
 
 
-class MissingCheckpoint(RuntimeError):
+class UserError(ValueError):
+    """Something the person (or API caller) can fix: the message is one sentence that says how.
+    Each tab's own error classes derive from it; `shows_errors` turns it into a gr.Error."""
+
+
+class MissingCheckpoint(UserError):
     """The tab's model is not there; the message says how to get it."""
 
 
@@ -106,3 +131,88 @@ def zerogpu(fn, duration: int = 20):
     except ImportError:
         return fn
     return spaces.GPU(duration=duration)(fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors and notes shown to the person, one way in every tab
+# ----------------------------------------------------------------------------------------------
+
+
+def warn(notes: Iterable[str]) -> None:
+    """Show each note as a yellow gr.Warning (what was done to the input, what to trust less)."""
+    import gradio as gr
+
+    for note in notes:
+        gr.Warning(str(note))
+
+
+def shows_errors(fn: Callable) -> Callable:
+    """Decorate an event handler: a UserError it raises becomes a gr.Error with the same sentence
+    (no traceback reaches the page or the API caller). Works for streaming handlers too."""
+    import gradio as gr
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except UserError as error:
+                raise gr.Error(str(error)) from None
+
+        return stream
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as error:
+            raise gr.Error(str(error)) from None
+
+    return handler
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer/head selector format: "average", then "1", "2", ... (1-based, as shown)
+# ----------------------------------------------------------------------------------------------
+
+AVERAGE = "average"
+
+
+def selector_choices(count: int, first: str = AVERAGE) -> list[str]:
+    """A layer or head dropdown's choices: `first` ("average", or e.g. "rollout"), "1" .. str(count)."""
+    return [first] + [str(i + 1) for i in range(count)]
+
+
+def parse_selector(value, count: int, what: str, special: tuple[str, ...] = (AVERAGE,)) -> int | None:
+    """A selector's value -> 0-based index, or None for "average" (or another name in `special`).
+
+    Takes 3, "3", and the older "layer 3" / "head 3" forms (API callers may still send them);
+    anything else is a UserError that lists what is allowed."""
+    if value is None or value == "" or str(value) in special:
+        return None
+    text = str(value).strip()
+    word = text.split()[-1] if text.split() else ""
+    try:
+        number = float(word)
+    except ValueError:
+        number = float("nan")
+    if not number.is_integer() or not 1 <= number <= count:
+        names = " or ".join(repr(s) for s in special)
+        raise UserError(f"The {what} must be {names} or a number from 1 to {count}, not {value!r}.")
+    return int(number) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared queue
+# ----------------------------------------------------------------------------------------------
+
+
+def listen(trigger: Callable, fn: Callable, inputs=None, outputs=None, *, api_name: str | None = None, **kwargs):
+    """Wire `fn` to an event (`button.click`, `dropdown.input`, ...) in the app's one queue
+    (`concurrency_id=CORES`); without an `api_name` the event stays out of the public API."""
+    if api_name is None:
+        kwargs.setdefault("api_visibility", "private")
+    else:
+        kwargs["api_name"] = api_name
+    return trigger(fn, inputs, outputs, concurrency_id=CORES, **kwargs)
