@@ -24,6 +24,7 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "encoder_classifier": ("models.transformer", "EncoderClassifier", "EncoderClassifierConfig"),
     "vit": ("models.vision", "VisionClassifier", "ViTConfig"),
     "audio_transformer": ("models.audio", "AudioTransformer", "AudioConfig"),
+    "bert": ("models.bert", "Bert", "BertConfig"),
 }
 
 
