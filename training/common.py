@@ -121,14 +121,28 @@ class TrainingClock(L.Callback):
             trainer.should_stop = True
 
 
+def no_weight_decay_names(module: torch.nn.Module) -> set[str]:
+    """Full names of the parameters that any submodule asks to keep out of weight decay through a
+    `no_weight_decay()` method (names relative to that submodule, as timm's models give them)."""
+    names = set()
+    for prefix, sub in module.named_modules():
+        ask = getattr(sub, "no_weight_decay", None)
+        if callable(ask):
+            names |= {f"{prefix}.{name}" if prefix else name for name in ask()}
+    return names
+
+
 def configure_adamw(module: L.LightningModule, config: TrainingConfig, clock: TrainingClock | None = None):
     """AdamW with decay on matrices only (not biases and norms), and a per-step linear warmup, then
     a cosine down to `min_lr_ratio` over the clock's progress (steps or time, whichever is further
-    along; steps alone without a clock). Returns what `configure_optimizers` returns."""
+    along; steps alone without a clock). Parameters that a submodule's `no_weight_decay()` names
+    (timm's convention: a ViT's `pos_embed` and `cls_token`) are not decayed either: decay would
+    pull learned positions and the CLS token towards zero. Returns what `configure_optimizers` returns."""
+    excluded = no_weight_decay_names(module)
     decay, no_decay = [], []
-    for p in module.parameters():
+    for name, p in module.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if p.dim() >= 2 and name not in excluded else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = torch.cuda.is_available()  # one kernel for the whole update on the GPU
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
