@@ -61,6 +61,7 @@ MODELS: tuple[Model, ...] = (
         ("encoder self", "decoder self", "cross"),
         "A little girl is climbing into a wooden playhouse.",
     ),
+    Model("mlm", "fill-mask BERT (encoder self)", "demos.fill_mask", TEXT, ("encoder self",), "A man is [MASK] a bike"),
     Model("vision", "CIFAR-10 ViT", "demos.vision", IMAGE, ("CLS to patches", "rollout")),
     Model("audio", "spoken-digit transformer", "demos.audio", AUDIO, ("CLS to frames", "rollout")),
 )

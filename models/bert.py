@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import Tensor, nn
 
 from models.attention import padding_mask
+from models.attention_data import Attention, ModelAttention, stack_layers
 from models.positional import build_positional
 from models.transformer import Encoder, Output, init_weights
 
@@ -86,6 +87,14 @@ class Bert(nn.Module):
     def forward(self, ids: Tensor, need_weights: bool = False) -> Output:
         hidden, attentions = self.encode(ids, need_weights)
         return Output(self.mlm_logits(hidden), attentions if need_weights else None)
+
+    @torch.no_grad()
+    def attention(self, ids: Tensor, labels: list[str]) -> ModelAttention:
+        """One sequence (1, T) with a name per token -> MLM logits and its "encoder self" attention
+        (every token attends to every token, both ways; only [PAD] is hidden)."""
+        out = self(ids, need_weights=True)
+        weights = stack_layers(out.attentions, "self")
+        return ModelAttention(out.logits, {"encoder self": Attention("encoder self", weights, labels, labels)})
 
 
 def mlm_loss(model: Bert, inputs: Tensor, labels: Tensor) -> Tensor:
@@ -174,11 +183,23 @@ def fill_mask(model: Bert, tokenizer: Tokenizer, text: str, top_k: int = 5) -> F
     ids = torch.tensor([encoding.ids])
     probs = model(ids).logits[0].softmax(-1)
     probs[:, : len(SPECIAL_TOKENS)] = 0.0  # a blank is filled with a word piece, not a marker
-    blanks, filled = [], list(encoding.ids)
+    blanks = []
     for position in (ids[0] == MASK_ID).nonzero().flatten().tolist():
         values, indices = probs[position].topk(top_k)
         pairs = zip(indices.tolist(), values.tolist(), strict=True)
-        candidates = [(tokenizer.id_to_token(i), round(v, 4)) for i, v in pairs]
-        blanks.append(Blank(position, candidates))
-        filled[position] = indices[0].item()
-    return FillResult(encoding.tokens, blanks, tokenizer.decode(filled))
+        blanks.append(Blank(position, [(tokenizer.id_to_token(i), round(v, 4)) for i, v in pairs]))
+    return FillResult(encoding.tokens, blanks, insert_best(text, blanks))
+
+
+def insert_best(text: str, blanks: list[Blank]) -> str:
+    """`text` with each "[MASK]" replaced by its blank's best piece, the rest as written (case kept);
+    a word-inner piece ("##ing") joins the word before it."""
+    parts = text.split("[MASK]")
+    if len(parts) != len(blanks) + 1:  # the tokenizer saw the blanks differently: fall back to pieces
+        return " ".join(b.candidates[0][0] for b in blanks)
+    out = parts[0]
+    for blank, part in zip(blanks, parts[1:], strict=True):
+        piece = blank.candidates[0][0]
+        out = out.rstrip() + piece[2:] if piece.startswith("##") else out + piece
+        out += part
+    return out
