@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
-from demos import common, registry  # noqa: E402
+from demos import common, limits, registry  # noqa: E402
 
 # the tab bar: every model's tab, then the tabs that look inside them (demos/registry.py)
 TABS = tuple(registry.tab_modules())
@@ -46,8 +46,13 @@ def share_cores(demo: gr.Blocks, limit: int) -> None:
     stay quick that way but a generation, which needs the CPU for every character, waited ~15 s
     for its first one (p95 29 s); one queue kept every endpoint's p95 under 7 s, at the same
     throughput and memory. Streamed generation in a queue of its own did not help.
-    Each tab's listeners join the group with `concurrency_id=demos.common.CORES`."""
+    Each tab's listeners join the group with `concurrency_id=demos.common.CORES`.
+
+    demos/limits.py bounds what one visitor may cost: at most 4 requests each waiting or running,
+    queued requests nobody listens for dropped, every input checked before any work, uploads and
+    outputs deleted after 15 minutes."""
     demo.queue(default_concurrency_limit=limit, max_size=64)
+    limits.protect(demo)
 
 
 def main() -> None:
@@ -55,8 +60,8 @@ def main() -> None:
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        max_file_size="20mb",
         theme=gr.themes.Soft(),
+        **limits.launch_options(),  # upload and request-body limits, sessions kept
         prevent_thread_lock=True,
     )
     # the page is up; now the models the layout did not need (the ViT pulls in timm, ~2 s)

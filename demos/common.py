@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demos.limits import checkpoint_problem
 from models.checkpoint import load_model, read_config
 from models.tokenizers import load_tokenizer
 
@@ -45,8 +46,13 @@ def checkpoint_dir(task: str) -> Path:
     return base / task
 
 
-def has_checkpoint(task: str) -> bool:
+def checkpoint_present(task: str) -> bool:
     return (checkpoint_dir(task) / "config.json").exists() and (checkpoint_dir(task) / "model.safetensors").exists()
+
+
+def has_checkpoint(task: str) -> bool:
+    """Present and not damaged (demos.limits.checkpoint_problem: checked without loading it)."""
+    return checkpoint_present(task) and checkpoint_problem(checkpoint_dir(task)) is None
 
 
 def checkpoint_config(task: str) -> dict:
@@ -65,6 +71,11 @@ class MissingCheckpoint(UserError):
 
 
 def missing_message(task: str) -> str:
+    if checkpoint_present(task) and (problem := checkpoint_problem(checkpoint_dir(task))):
+        return (
+            f"The {task} model is switched off: its checkpoint in `{checkpoint_dir(task)}` is damaged ({problem}). "
+            f"Train it again with `python -m training.train {task} --config training/configs/{task}-cpu-tiny.yaml`."
+        )
     return (
         f"The {task} model is not available: `{checkpoint_dir(task)}` has no checkpoint. "
         f"Train one with `python -m training.train {task} --config training/configs/{task}-cpu-tiny.yaml`."
@@ -92,7 +103,13 @@ def get_model(task: str):
     if folder not in _loaded:  # a loaded model is read without the lock, so no request waits on a load
         with _lock:  # two first requests at once must not both load
             if folder not in _loaded:
-                _loaded[folder] = _load(folder)
+                try:
+                    _loaded[folder] = _load(folder)
+                except Exception as err:  # noqa: BLE001 - damage the quick check missed: the tab says so
+                    raise MissingCheckpoint(
+                        f"The {task} model is switched off: its checkpoint in `{folder}` could not be loaded "
+                        f"({type(err).__name__}). Train it again with `python -m training.train {task}`."
+                    ) from None
     return _loaded[folder]
 
 
@@ -104,7 +121,10 @@ def load_in_background(tasks: list[str]) -> threading.Thread:
     def load() -> None:
         for task in tasks:
             if has_checkpoint(task):
-                get_model(task)
+                try:
+                    get_model(task)
+                except MissingCheckpoint:  # damaged: its tab says so when asked; load the others
+                    continue
 
     thread = threading.Thread(target=load, name="load-models", daemon=True)
     thread.start()
