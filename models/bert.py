@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from models.attention import padding_mask
 from models.attention_data import Attention, ModelAttention, stack_layers
+from models.hub import HubMixin
 from models.positional import build_positional
 from models.transformer import Encoder, Output, init_weights
 
@@ -47,7 +48,7 @@ class BertConfig:
     pad_id: int = PAD_ID
 
 
-class Bert(nn.Module):
+class Bert(nn.Module, HubMixin):
     """ids -> embeddings + positions -> bidirectional encoder -> MLM logits over the vocabulary."""
 
     architecture = "bert"
