@@ -21,8 +21,8 @@ from torch import Tensor
 
 from demos import forward_views as views
 from demos import generation
-from demos.plots import char_label
 from demos.common import UserError, get_model, listen, shows_errors, warn
+from demos.plots import char_label
 from models.attention import DecoderCache
 from models.decoding import filter_logits, sample
 
@@ -248,6 +248,13 @@ def build(temperature, top_k, top_p, seed) -> None:
         attention = gr.Plot(label="Attention of its position")
     settings = [prompt, max_new, temperature, top_k, top_p, seed]
     views_out = [detail, distribution, attention]
-    listen(run.click, _on_explain, settings, [text, about, index, *views_out], api_name="explain_generation")
+    listen(
+        run.click,
+        _on_explain,
+        settings,
+        [text, about, index, *views_out],
+        api_name="explain_generation",
+        preprocess=False,
+    )
     listen(text.select, _on_select, None, index)
-    listen(index.change, _on_character, [*settings, index], views_out, api_name="explain_character")
+    listen(index.change, _on_character, [*settings, index], views_out, api_name="explain_character", preprocess=False)

@@ -18,15 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
+import pandas as pd
 import torch
 from torch import Tensor
 
 from demos import explain, generation
 from demos import forward_views as views
 from demos import translation as translation_tab
-from demos.plots import char_label
 from demos.common import CORES, UserError, get_model, has_checkpoint, listen, shows_errors
 from demos.forward_step import step_view
+from demos.plots import char_label
 from models.decoding import filter_logits, greedy, sample
 from models.introspect import ForwardTrace, trace_decoder, trace_gpt
 from models.translation import EOS_ID, language_id, max_output_len
@@ -225,8 +226,8 @@ def outputs(task, text, direction, position, step, temperature, top_k, top_p, se
     diagram, explanation, figure = render_step(walk, step)
     target = walk.next_token
     p = walk.position
-    lens = gr.Dataframe(
-        views.lens_rows(walk.trace, p, walk.label, target), headers=views.lens_headers(target is not None)
+    lens = pd.DataFrame(
+        views.lens_rows(walk.trace, p, walk.label, target), columns=views.lens_headers(target is not None)
     )
     stream = views.stream_figure(walk.trace, p, f"{p} ({walk.labels[p]})")
     return diagram, explanation, figure, stream, lens, summary_markdown(walk)
@@ -288,10 +289,10 @@ def build() -> None:
         return
     gr.Markdown(INTRO)
     first = forward_pass("generation", EXAMPLES["generation"])
-    tasks = [MODELS[t] for t in MODELS if has_checkpoint(t)]
+    tasks = [(MODELS[t], t) for t in MODELS if has_checkpoint(t)]
     with gr.Row():
         with gr.Column(scale=2):
-            task = gr.Radio(tasks, value=tasks[0], label="Model")
+            task = gr.Radio(tasks, value="generation", label="Model")
             text = gr.Textbox(value=EXAMPLES["generation"], lines=3, label="Prompt")
             direction = gr.Dropdown(list(DIRECTIONS), value=DIRECTIONS[0], label="Direction", visible=False)
             position = gr.Slider(
@@ -332,6 +333,7 @@ def build() -> None:
         api_name="forward_pass",
         concurrency_id=CORES,
         trigger_mode="always_last",
+        preprocess=False,  # API values reach our checks as sent (a position past the slider gets our message)
     )
     listen(back.click, functools.partial(_on_move, -1), inputs, [step, *shown])
     listen(forward.click, functools.partial(_on_move, 1), inputs, [step, *shown])

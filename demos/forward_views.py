@@ -245,7 +245,9 @@ def probability_figure(
     for name, values in series:
         y = [float(values[i]) for i in order]
         last = name == series[-1][0]
-        colours = ["#d62728" if i == highlight else "#1f77b4" for i in order] if last and highlight is not None else None
+        colours = (
+            ["#d62728" if i == highlight else "#1f77b4" for i in order] if last and highlight is not None else None
+        )
         fig.add_bar(
             x=names,
             y=y,

@@ -227,7 +227,7 @@ def _finish(
 ) -> ForwardTrace:
     traces, hidden, lens = _run_layers(layers, embedded, final_norm, head, memory, memory_mask)
     normed = final_norm(hidden)
-    gamma, beta = (final_norm.weight, final_norm.bias) if isinstance(final_norm, nn.LayerNorm) else (None, None)
+    gamma, beta = _norm_parts(final_norm, hidden.size(-1)) if isinstance(final_norm, nn.LayerNorm) else (None, None)
     return ForwardTrace(
         tokens=tokens,
         positional=positional,
