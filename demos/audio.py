@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demos.common import CORES, MissingCheckpoint, get_model, has_checkpoint, missing_message
-from models.analysis import attention_rollout
-from models.audio import log_mel, prepare_waveform
+from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
+from models.attention_data import Attention
+from models.audio import RoutineNote, log_mel, prepare_waveform
 
 TITLE = "Audio"
 TASK = "audio"
 MAX_READ_SECONDS = 600  # longer files: only the first ten minutes are read
 
 
-class BadAudio(ValueError):
+class BadAudio(UserError):
     """Input that is not usable audio; the message is meant for the person who sent it."""
 
 
@@ -42,6 +42,7 @@ class AudioResult:
     duration_s: float  # length of the prepared clip the model heard
     band_hz: np.ndarray  # (n_mels,) centre frequency of each mel band
     notes: list[str] = field(default_factory=list)
+    attention: Attention | None = None  # every layer and head (models.attention_data)
 
 
 def read_audio(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
@@ -90,25 +91,37 @@ def classify_audio(audio) -> AudioResult:
     except ValueError as err:
         raise BadAudio(str(err)) from None
     with torch.inference_mode():
-        out = model(waveform[None], need_weights=True)
-        probs = out.logits.softmax(-1)[0]
-        layers = [a["self"] for a in out.attentions]
-        cls = torch.stack([w[0, :, 0, 1:] for w in layers])  # CLS query row, token columns
-        flow = attention_rollout(layers)[0, 0, 1:]
+        run = model.attention(waveform[None])
+    probs = run.logits.softmax(-1)[0]
+    attention = run["self"]
     top = probs.topk(3)
     spec = log_mel(waveform, c)
-    n_tokens = cls.size(-1)
+    n_tokens = attention.weights.shape[-1] - 1
     return AudioResult(
         top3={c.class_names[i]: float(p) for p, i in zip(top.values, top.indices, strict=True)},
         spectrogram=spec,
         frame_times=c.frame_times(spec.shape[1]),
         token_times=c.token_times(n_tokens),
         token_seconds=c.patch_frames * c.hop_length / c.sample_rate,
-        cls_attention=cls.numpy(),
-        rollout=(flow / flow.sum()).numpy(),
+        cls_attention=attention.cls_rows().numpy(),
+        rollout=attention.cls_rollout().numpy(),
         duration_s=waveform.numel() / c.sample_rate,
         band_hz=model.frontend.mel.mel_scale.fb.argmax(0).numpy() * c.sample_rate / c.n_fft,
         notes=notes + prepare_notes,
+        attention=attention,
+    )
+
+
+def attention_of(audio) -> AttentionView:
+    """The Attention Maps tab's view of classify_audio: the CLS token's attention to each moment
+    and its rollout, drawn under the spectrogram of the prepared clip."""
+    result = classify_audio(audio)
+    best, p = next(iter(result.top3.items()))
+    return AttentionView(
+        {"CLS to frames": result.attention, "rollout": result.attention.as_rollout()},
+        result.notes + [f"The model hears {best} ({p:.0%})."],
+        spectrogram=result.spectrogram,
+        spectrogram_times=result.frame_times,
     )
 
 
@@ -261,7 +274,7 @@ def classify_handler(audio, layer_name: str = ROLLOUT, head_name: str = MEAN):
     except (BadAudio, MissingCheckpoint) as err:
         raise gr.Error(str(err)) from None
     for note in result.notes:
-        if not note.startswith(("Resampled", "Mixed")):  # routine steps are listed, not warned
+        if not isinstance(note, RoutineNote):  # routine steps are listed, not warned
             gr.Warning(note)
     summary = f"Heard {result.duration_s:.2f} s after trimming silence." + "".join(f"\n- {n}" for n in result.notes)
     return result.top3, redraw(result, layer_name, head_name), summary, result

@@ -207,19 +207,24 @@ def selector_choices(count: int, first: str = AVERAGE) -> list[str]:
 def parse_selector(value, count: int, what: str, special: tuple[str, ...] = (AVERAGE,)) -> int | None:
     """A selector's value -> 0-based index, or None for "average" (or another name in `special`).
 
-    Takes 3, "3", and the older "layer 3" / "head 3" forms (API callers may still send them);
-    anything else is a UserError that lists what is allowed."""
+    Takes 3, "3", 3.0 and the older "layer 3" / "head 3" forms (API callers may still send them);
+    anything else is a UserError that says what is allowed."""
     if value is None or value == "" or str(value) in special:
         return None
-    text = str(value).strip()
-    word = text.split()[-1] if text.split() else ""
+    words = str(value).split()
     try:
-        number = float(word)
+        number = float(words[-1]) if words and not isinstance(value, bool) else float("nan")
     except ValueError:
         number = float("nan")
-    if not number.is_integer() or not 1 <= number <= count:
-        names = " or ".join(repr(s) for s in special)
-        raise UserError(f"The {what} must be {names} or a number from 1 to {count}, not {value!r}.")
+    if not number.is_integer():
+        if special:
+            names = " or ".join(repr(s) for s in special)
+            raise UserError(
+                f"Layer and head are numbers from 1 or {names}, not {value!r} (this {what} goes from 1 to {count})."
+            )
+        raise UserError(f"The {what} must be a whole number from 1 to {count}, not {value!r}.")
+    if not 1 <= number <= count:
+        raise UserError(f"{what.capitalize()} {int(number)} does not exist: this attention has {count} {what}s.")
     return int(number) - 1
 
 

@@ -16,7 +16,8 @@ import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from demos.common import CORES, MissingCheckpoint, get_model, has_checkpoint, missing_message
+from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
+from demos.plots import char_label
 from models.decoding import filter_logits, sample
 from models.tokenizers import CharTokenizer
 
@@ -37,7 +38,7 @@ EXAMPLES = [
 ]
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A value a person (or API client) got wrong; the message says what to change."""
 
 
@@ -234,6 +235,20 @@ def next_token_distribution(
     probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
     top = probs.topk(min(TOP_N, probs.numel()))
     return [(tokenizer.chars[int(i)], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+
+
+MAX_ATTENTION_CHARS = 128  # a longer character heatmap is unreadable (and its model view slow)
+
+
+def attention_of(text: str) -> AttentionView:
+    """The Attention Maps tab's view of a prompt: the GPT's causal self-attention over the prompt
+    as generate() prepares it (unknown characters left out, at most MAX_ATTENTION_CHARS)."""
+    model, tokenizer = get_model(TASK)
+    prompt = prepare_prompt(text, tokenizer, min(MAX_ATTENTION_CHARS, model.config.context_len))
+    labels = [char_label(c) for c in prompt.text]
+    with torch.inference_mode():
+        run = model.attention(torch.tensor([prompt.ids]), labels)
+    return AttentionView(run.maps, prompt.notes)
 
 
 def show_char(c: str) -> str:

@@ -9,9 +9,17 @@ import gradio as gr
 import numpy as np
 import torch
 
-from demos.common import CORES, MissingCheckpoint, get_model, has_checkpoint, missing_message
+from demos.common import (
+    CORES,
+    AttentionView,
+    MissingCheckpoint,
+    UserError,
+    get_model,
+    has_checkpoint,
+    missing_message,
+)
 from demos.plots import attention_heatmap
-from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, translate_ids
+from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, max_output_len, translate_ids
 
 TITLE = "Translate"
 TASK = "translation"
@@ -26,7 +34,7 @@ EXAMPLES = [
 ]
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A request the user can fix; the message says how."""
 
 
@@ -37,6 +45,8 @@ class Translation:
     target_tokens: list[str]  # pieces produced, ending with </s> (one per decoder step)
     cross_attention: np.ndarray  # (layers, heads, len(target_tokens), len(source_tokens))
     notes: list[str] = field(default_factory=list)  # warnings for the user
+    finished: bool = True  # False: the decoder stopped at its length limit, not at </s>
+    attention: dict = field(default_factory=dict)  # kind -> models.attention_data.Attention
 
 
 def language_code(value: str) -> str:
@@ -72,19 +82,52 @@ def translate(text: str, source: str = "en", target: str = "de", beam_size: int 
         )
         second.notes = first.notes + [note] + second.notes
         return second
+    return translate_into(text, target, beam_size)
+
+
+def translate_into(text: str, target: str, beam_size: int = 4) -> Translation:
+    """One pass of the model: `text` (any of its languages) into `target` ("de", "en", "fr"), with
+    every encoder, decoder and cross-attention map of the result. translate() checks the request
+    and calls this; the Attention Maps tab calls it too (`attention_of`), so both show the same."""
     model, tokenizer = get_model(TASK)
     source_ids, notes = read_source(tokenizer, text, model.config.max_len)
     output = translate_ids(model, [source_ids], language_id(tokenizer, target), beam_size)[0]
     if not output:
         notes.append("The model produced an empty translation.")
+    # translate_ids drops </s>: a hypothesis that never produced it ran to the length limit
+    finished = len(output) < max_output_len(model, len(source_ids))
+    if not finished:
+        notes.append("The decoder stopped at its length limit before it ended the sentence.")
     decoder_input = [language_id(tokenizer, target)] + output
+    label = tokenizer.id_to_token
+    source_tokens = [label(i) for i in source_ids]
+    # decoder row i reads decoder_input[i] and writes the next piece; the last row writes </s>
+    written = [label(i) for i in output] + [label(EOS_ID)]
+    run = model.attention(
+        torch.tensor([source_ids]),
+        torch.tensor([decoder_input]),
+        source_tokens,
+        [label(i) for i in decoder_input],
+        written,
+    )
     return Translation(
         text=tokenizer.decode(output, skip_special_tokens=True),
-        source_tokens=[tokenizer.id_to_token(i) for i in source_ids],
-        target_tokens=[tokenizer.id_to_token(i) for i in output] + ["</s>"],
-        cross_attention=cross_attention(model, source_ids, decoder_input),
+        source_tokens=source_tokens,
+        target_tokens=written,
+        cross_attention=run["cross"].weights.numpy(),
         notes=notes,
+        finished=finished,
+        attention=run.maps,
     )
+
+
+def attention_of(text: str, target: str = "de") -> AttentionView:
+    """The Attention Maps tab's view of a translation of `text` into `target` (beam 4, as here)."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        raise InputError("There is nothing to translate: type a sentence first.")
+    result = translate_into(text, language_code(target))
+    return AttentionView(result.attention, result.notes + [f"Translation: {result.text}"])
 
 
 def beam_width(value) -> int:
@@ -128,14 +171,6 @@ def read_source(tokenizer, text: str, max_len: int) -> tuple[list[int], list[str
         )
         kept = kept[: max_len - 1]
     return [i for i, _ in kept] + [EOS_ID], notes
-
-
-@torch.no_grad()
-def cross_attention(model, source_ids: list[int], decoder_input: list[int]) -> np.ndarray:
-    """Cross-attention weights of every decoder layer and head, (layers, heads, T_tgt, T_src)."""
-    out = model(torch.tensor([source_ids]), torch.tensor([decoder_input]), need_weights=True)
-    layers = [a["cross"][0] for a in out.attentions if "cross" in a]
-    return torch.stack(layers).float().numpy()
 
 
 def selector_choices(count: int) -> list[str]:

@@ -25,7 +25,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from demos.common import CORES, MissingCheckpoint, checkpoint_config, get_model, has_checkpoint, missing_message
+from demos.common import (
+    CORES,
+    AttentionView,
+    MissingCheckpoint,
+    UserError,
+    checkpoint_config,
+    get_model,
+    has_checkpoint,
+    missing_message,
+)
+from models.attention_data import Attention
 
 TITLE = "Image"
 TASK = "vision"
@@ -42,11 +52,11 @@ IMAGENET_SHAPE = (12, 3)  # layers, heads of models.vision.PRETRAINED_VIT, for t
 HUB = ("huggingface.co", 443)
 
 
-class BadImage(ValueError):
+class BadImage(UserError):
     """Input that is not a usable image; the message is meant for the person who sent it."""
 
 
-class PretrainedUnavailable(RuntimeError):
+class PretrainedUnavailable(UserError):
     """The pretrained model's weights are neither cached nor downloadable; the message says why."""
 
 
@@ -58,6 +68,7 @@ class ImageResult:
     rollout: np.ndarray  # (grid, grid): attention rollout from CLS to each patch, sums to 1
     cls_attention: np.ndarray  # (layers, heads, grid, grid): CLS-to-patch weights per head
     notes: list[str] = field(default_factory=list)  # what was done to the input, for the user
+    attention: Attention | None = None  # every layer and head (models.attention_data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,20 +226,32 @@ def classify_image(image, model: str = "ours") -> ImageResult:
     rgb = to_rgb(pil)
     view = center_square(rgb, c.img_size)
     with torch.inference_mode():
-        out = model(image_tensor(view, c), need_weights=True)
-        probs = out.logits.softmax(-1)[0]
-        rollout = model.rollout(out.attentions)[0]
-        # row 0 is the CLS query; columns 1.. are the patches, in raster order
-        cls = torch.stack([a["self"][0, :, 0, 1:] for a in out.attentions])
+        run = model.attention(image_tensor(view, c))
+    probs = run.logits.softmax(-1)[0]
+    attention = run["self"]
     top = probs.topk(min(5, c.num_classes))
-    g = c.grid_size
+    grid = attention.grid
     return ImageResult(
         top5={c.class_names[i]: float(p) for p, i in zip(top.values, top.indices, strict=True)},
         model_view=np.asarray(view),
         display=np.asarray(center_square(rgb, DISPLAY, Image.Resampling.BILINEAR)),  # only for overlays
-        rollout=rollout.numpy(),
-        cls_attention=cls.reshape(c.depth, c.num_heads, g, g).numpy(),
+        rollout=attention.cls_rollout().reshape(grid).numpy(),
+        cls_attention=attention.cls_rows().reshape(attention.layers, attention.heads, *grid).numpy(),
         notes=notes,
+        attention=attention,
+    )
+
+
+def attention_of(image) -> AttentionView:
+    """The Attention Maps tab's view of classify_image: the CLS token's attention to the patches
+    and its rollout, over the square the model saw."""
+    result = classify_image(image)
+    best, p = next(iter(result.top5.items()))
+    side = result.model_view.shape[0]
+    return AttentionView(
+        {"CLS to patches": result.attention, "rollout": result.attention.as_rollout()},
+        result.notes + [f"The model sees this {side}x{side} crop; it says {best} ({p:.0%})."],
+        image=result.model_view,
     )
 
 

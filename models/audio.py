@@ -19,6 +19,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
+from models.attention_data import Attention, ModelAttention, stack_layers
 from models.transformer import EncoderClassifier, EncoderClassifierConfig, Output
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -165,6 +166,18 @@ class AudioTransformer(nn.Module):
         spec, frames = self.spectrogram(waveforms, lengths)
         return self.classify(spec, frames, need_weights)
 
+    @torch.no_grad()
+    def attention(self, waveform: Tensor) -> ModelAttention:
+        """One prepared waveform (1, samples) -> logits and its "self" attention: position 0 is
+        CLS, then one token per `patch_frames` frames, named by its time in the clip."""
+        out = self(waveform, need_weights=True)
+        weights = stack_layers(out.attentions, "self")
+        times = torch.from_numpy(self.config.token_times(weights.shape[-1] - 1))
+        labels = ["CLS"] + [f"{t:.2f} s" for t in times.tolist()]
+        return ModelAttention(
+            out.logits, {"self": Attention("self", weights, labels, labels, cls=True, key_times=times)}
+        )
+
     def _fit_length(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """Crop to clip_seconds (the positions the model knows), pad to at least one token."""
         c = self.config
@@ -184,6 +197,11 @@ class AudioTransformer(nn.Module):
 SILENCE_DB = -80.0  # a recording whose loudest sample is below this (dBFS) is treated as silent
 TRIM_DB = -40.0  # 10 ms frames this far below the loudest frame count as silence at the edges
 TARGET_RMS_DB = -20.0  # loudness of every prepared clip (RMS over the trimmed clip, dBFS)
+
+
+class RoutineNote(str):
+    """A note on a step every recording may need (mixing down, resampling): worth listing, not
+    worth a warning. Other notes (clipped, too short, cut) are things the person should know."""
 
 
 def to_float_mono(samples: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -208,7 +226,7 @@ def to_float_mono(samples: np.ndarray) -> tuple[np.ndarray, list[str]]:
         if x.shape[0] <= 16 and x.shape[1] > x.shape[0]:
             x = x.T
         if x.shape[1] > 1:
-            notes.append(f"Mixed {x.shape[1]} channels down to mono.")
+            notes.append(RoutineNote(f"Mixed {x.shape[1]} channels down to mono."))
         x = x.mean(axis=1)
     return x.astype(np.float32), notes
 

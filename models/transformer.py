@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from models.attention import DecoderCache, padding_mask
+from models.attention_data import Attention, AttentionLayer, ModelAttention, stack_layers
 from models.blocks import DecoderLayer, EncoderLayer
 from models.positional import RotaryEmbedding, build_positional
 
@@ -110,6 +111,19 @@ class GPT(nn.Module):
     def step(self, tokens: Tensor, cache: DecoderCache | None) -> Tensor:
         """The decoding interface (models/decoding.py): logits for the new tokens."""
         return self(tokens, cache=cache).logits
+
+    @torch.no_grad()
+    def attention(self, idx: Tensor, labels: list[str]) -> ModelAttention:
+        """One sequence (1, T) with a name per token -> logits and its "causal self" attention."""
+        out = self(idx, need_weights=True)
+        weights = stack_layers(out.attentions, "self")
+        return ModelAttention(out.logits, {"causal self": Attention("causal self", weights, labels, labels)})
+
+    def attention_layer(self, index: int = 0) -> AttentionLayer:
+        """Layer `index`'s self-attention with what feeds it (for the Attention Lab)."""
+        block = self.layers[index]
+        norm = block.self_residual.norm if block.self_residual.norm_first else None
+        return AttentionLayer(self.embed, self.positional, norm, block.self_attn, self.config.positional)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +235,35 @@ class EncoderDecoder(nn.Module):
             return out
         attentions = [{"encoder_self": a["self"]} for a in enc_attn] + out.attentions
         return Output(out.logits, attentions)
+
+    @torch.no_grad()
+    def attention(
+        self, src: Tensor, tgt: Tensor, source_labels: list[str], target_labels: list[str], written_labels: list[str]
+    ) -> ModelAttention:
+        """One source (1, S) and decoder input (1, T) -> logits and the "encoder self", "decoder
+        self" and "cross" attention. Decoder rows are named by `written_labels`, the piece each row
+        predicts (the decoder input shifted left, ending with </s>); decoder keys by `target_labels`,
+        the pieces it read (starting with the language token)."""
+        memory, mask, encoder = self.encode(src, need_weights=True)
+        out = self.decode(tgt, memory, mask, need_weights=True)
+        maps = {
+            "encoder self": Attention("encoder self", stack_layers(encoder, "self"), source_labels, source_labels),
+            "decoder self": Attention(
+                "decoder self", stack_layers(out.attentions, "self"), written_labels, target_labels
+            ),
+            "cross": Attention("cross", stack_layers(out.attentions, "cross"), written_labels, source_labels),
+        }
+        return ModelAttention(out.logits, maps)
+
+    def attention_layer(self, index: int = 0) -> AttentionLayer:
+        """Encoder layer `index`'s self-attention with what feeds it (for the Attention Lab)."""
+        block = self.encoder.layers[index]
+        norm = block.attn_residual.norm if block.attn_residual.norm_first else None
+
+        def embed(ids: Tensor) -> Tensor:
+            return self.embed(ids) * self.embed_scale  # the paper scales embeddings by sqrt(d_model)
+
+        return AttentionLayer(embed, self.positional, norm, block.self_attn, self.config.positional)
 
     def target_decoder(self, memory: Tensor, memory_mask: Tensor) -> TargetDecoder:
         """Bind an encoded source, giving the decoding interface of models/decoding.py."""

@@ -23,6 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from models.analysis import attention_rollout
+from models.attention_data import Attention, ModelAttention, stack_layers
 from models.transformer import Output
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -125,8 +126,19 @@ class VisionClassifier(nn.Module):
         """A PIL image of any mode and size -> normalised (1, 3, img_size, img_size)."""
         return preprocess(image, self.config)
 
+    @torch.no_grad()
+    def attention(self, images: Tensor) -> ModelAttention:
+        """One normalised image (1, 3, img_size, img_size) -> logits and its "self" attention:
+        position 0 is CLS, then the patches in raster order on the grid."""
+        out = self(images, need_weights=True)
+        g = self.config.grid_size
+        labels = ["CLS"] + [f"patch r{r} c{c}" for r in range(g) for c in range(g)]
+        weights = stack_layers(out.attentions, "self")
+        return ModelAttention(out.logits, {"self": Attention("self", weights, labels, labels, cls=True, grid=(g, g))})
+
     def rollout(self, attentions: list[dict[str, Tensor]]) -> Tensor:
-        """Attention rollout from CLS to each patch: (B, grid, grid), summing to 1 over patches."""
+        """Attention rollout from CLS to each patch for a batch: (B, grid, grid), summing to 1 over
+        patches (one image: `attention(images)["self"].cls_rollout()` gives the same)."""
         flow = attention_rollout([a["self"] for a in attentions])[:, 0, 1:]  # CLS row, patch columns
         flow = flow / flow.sum(-1, keepdim=True)
         g = self.config.grid_size

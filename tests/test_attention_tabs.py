@@ -17,7 +17,8 @@ from PIL import Image
 from bench import attention as attention_bench
 from demos import attention_lab as lab
 from demos import attention_maps as maps
-from demos.attention_inputs import char_label
+from demos import model_view as mv
+from demos.plots import char_label
 from demos.common import MissingCheckpoint
 from demos.plots import plot_labels
 from models.analysis import attention_entropy
@@ -106,7 +107,7 @@ def test_generation_map_labels_shapes_and_causality(with_all):
 
 @pytest.mark.parametrize(
     ("kind", "queries", "keys"),
-    [("encoder self", "src", "src"), ("decoder self", "tgt", "tgt"), ("cross", "tgt", "src")],
+    [("encoder self", "src", "src"), ("decoder self", "tgt", "read"), ("cross", "tgt", "src")],
 )
 def test_translation_maps_have_source_and_target_axes(with_all, kind, queries, keys):
     from demos.common import get_model
@@ -115,9 +116,11 @@ def test_translation_maps_have_source_and_target_axes(with_all, kind, queries, k
     a = result.attention
     _, tokenizer = get_model("translation")
     src = [tokenizer.id_to_token(i) for i in tokenizer.encode(SENTENCES[0]).ids] + ["</s>"]
-    tgt = maps.compute_attention("translation", "decoder self", text=SENTENCES[0], target="de").query_labels
-    assert tgt[0] == "<2de>"  # the decoder starts with the target language's token
-    labels = {"src": src, "tgt": tgt}
+    decoder = maps.compute_attention("translation", "decoder self", text=SENTENCES[0], target="de")
+    read, written = decoder.key_labels, decoder.query_labels
+    assert read[0] == "<2de>"  # the decoder starts with the target language's token
+    assert written[-1] == "</s>" and written[:-1] == read[1:]  # each row writes the next piece
+    labels = {"src": src, "tgt": written, "read": read}
     assert a.query_labels == labels[queries] and a.key_labels == labels[keys]
     layers = 2 if kind == "encoder self" else 3
     assert a.weights.shape == (layers, 2, len(a.query_labels), len(a.key_labels))
@@ -145,7 +148,7 @@ def test_audio_maps_are_strips_over_time(with_all):
     n = len(a.key_labels) - 1
     assert a.weights.shape == (3, 2, n + 1, n + 1) and len(a.key_times) == n
     assert np.all(np.diff(a.key_times) > 0)
-    np.testing.assert_allclose(maps.tile_values(a, result.values), a.weights[2].mean(0)[None, 0, 1:], rtol=1e-6)
+    np.testing.assert_allclose(mv.tile_values(a, result.values), a.weights[2].mean(0)[None, 0, 1:], rtol=1e-6)
     strip = result.figure.data[-1]
     assert np.asarray(strip.z).shape == (1, n)
 
@@ -160,17 +163,17 @@ def test_average_means_the_mean_over_layers_and_heads(with_all):
 
 def test_clicking_a_tile_of_the_model_view_picks_its_layer_and_head(with_all):
     a = maps.compute_attention("generation", "causal self", text="what light")
-    view = maps.model_view(a, (1, 0))
-    th, tw = maps._tile_size(a)
+    view = mv.model_view(a, (1, 0))
+    th, tw = mv._tile_size(a)
     assert view.shape[:2] == (
-        maps.LABEL_MARGIN + 2 * (th + maps.TILE_PAD),
-        maps.LABEL_MARGIN + 2 * (tw + maps.TILE_PAD),
+        mv.LABEL_MARGIN + 2 * (th + mv.TILE_PAD),
+        mv.LABEL_MARGIN + 2 * (tw + mv.TILE_PAD),
     )
     for layer in range(a.layers):
         for head in range(a.heads):
-            y, x = maps._tile_origin(layer, head, th, tw)
-            assert maps.tile_at(a, x + tw // 2, y + th // 2) == (layer, head)
-    assert maps.tile_at(a, 2, 2) is None  # the label margin
+            y, x = mv._tile_origin(layer, head, th, tw)
+            assert mv.tile_at(a, x + tw // 2, y + th // 2) == (layer, head)
+    assert mv.tile_at(a, 2, 2) is None  # the label margin
 
 
 def test_head_summary_tags_previous_first_and_same_token_heads():
@@ -184,7 +187,7 @@ def test_head_summary_tags_previous_first_and_same_token_heads():
     weights = np.stack([previous, first, same, uniform])[None].astype(np.float32)  # 1 layer, 4 heads
     labels = list("abcdef")
     a = maps.AttentionSet("generation", "causal self", weights, labels, labels)
-    rows = maps.head_summary(a)
+    rows = mv.head_summary(a)
     assert [r["tag"] for r in rows] == ["previous token", "first token", "same token", ""]
     assert rows[2]["entropy (bits)"] == 0.0
     assert rows[3]["entropy (bits)"] == pytest.approx(np.mean([math.log2(i) for i in range(1, t + 1)]), abs=1e-3)
@@ -351,7 +354,7 @@ def test_tabs_work_with_only_a_gpt_checkpoint(monkeypatch, tmp_path):
         maps.attention_map("vision", "CLS to patches", image=an_image())
     demo = _build(maps)
     dropdowns = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "model"]
-    assert [c[0] for c in dropdowns[0].choices] == ["generation"]
+    assert [c[1] for c in dropdowns[0].choices] == ["generation"]
     assert lab.available_sources() == ["generation", "random"]
     _build(lab)
 
