@@ -256,7 +256,7 @@ def build() -> None:
     with gr.Row():
         layer = gr.Dropdown(selector_choices(model.config.n_decoder_layers), value="average", label="Layer")
         head = gr.Dropdown(selector_choices(model.config.n_heads), value="average", label="Head")
-    plot = gr.Plot(label="Cross-attention")
+    plot = gr.Plot(show_label=False)  # a label would sit over the start of the heatmap's title
     state = gr.State(None)
 
     inputs = [text, source, target, beam, layer, head]

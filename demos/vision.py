@@ -188,6 +188,22 @@ def weights_cached(name: str) -> bool:
     return isinstance(try_to_load_from_cache(f"timm/{name}", "model.safetensors"), str)
 
 
+def pretrained_unavailable(timeout: float = 1.0) -> str | None:
+    """Why the ImageNet model cannot be offered here (one sentence), or None when it can: its
+    weights are cached, or the hub answers. The tab offers only models that can work."""
+    from models.vision import PRETRAINED_VIT
+
+    try:
+        if weights_cached(PRETRAINED_VIT) or hub_reachable(timeout):
+            return None
+    except Exception:  # noqa: BLE001 - a broken cache or hub client: treat as unavailable
+        pass
+    return (
+        "timm's ImageNet-pretrained ViT is not offered here: its weights (22 MB) are not on this machine "
+        "and the Hugging Face hub cannot be reached to fetch them."
+    )
+
+
 def pretrained_model():
     """timm's ImageNet ViT-Tiny, loaded once; PretrainedUnavailable when it cannot be had."""
     from models.vision import PRETRAINED_VIT, pretrained_imagenet_vit
@@ -450,7 +466,10 @@ def build() -> None:
     with gr.Row():
         with gr.Column():
             photo = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=300)
-            model = gr.Radio(list(MODELS), value=OURS, label="Model")
+            why_not = pretrained_unavailable()
+            model = gr.Radio([OURS] if why_not else list(MODELS), value=OURS, label="Model")
+            if why_not:
+                gr.Markdown(f"*{why_not}*")
             run = gr.Button("Classify", variant="primary")
             gr.Examples(example_paths(), inputs=photo, label="Drawn examples (not CIFAR images)")
         with gr.Column():

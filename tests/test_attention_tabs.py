@@ -18,9 +18,8 @@ from bench import attention as attention_bench
 from demos import attention_lab as lab
 from demos import attention_maps as maps
 from demos import model_view as mv
-from demos.plots import char_label
 from demos.common import MissingCheckpoint
-from demos.plots import plot_labels
+from demos.plots import attention_heatmap, char_label, plot_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention
 from models.checkpoint import save_checkpoint
@@ -410,3 +409,94 @@ def test_endpoints_answer_through_gradio_client(with_all):
         assert "entropy" in summary and len(figures) == len(lab.STEP_ORDER) and len(saturation["data"]) == 4
     finally:
         demo.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Defects people met, each held down
+# ----------------------------------------------------------------------------------------------
+
+
+def test_translation_maps_say_length_limit_only_when_the_decoder_hit_it(with_all, monkeypatch):
+    """A complete translation carries no length-limit note; one that ran to the limit does; its
+    decoder rows end with the </s> row, as in the Translate tab."""
+    from demos import translation
+    from models.translation import max_output_len
+
+    model, tokenizer = translation.get_model("translation")
+    source, _ = translation.read_source(tokenizer, SENTENCES[0], model.config.max_len)
+    for length, cut in ((3, False), (max_output_len(model, len(source)), True)):
+        maps._CACHE.clear()
+        monkeypatch.setattr(translation, "translate_ids", lambda *a, n=length, **k: [[5] * n])
+        a = maps.compute_attention("translation", "cross", text=SENTENCES[0], target="de")
+        assert any("length limit" in note for note in a.notes) == cut
+        assert len(a.query_labels) == length + 1 and a.query_labels[-1] == "</s>"
+        tab = translation.translate(SENTENCES[0], "en", "de")
+        assert tab.target_tokens == a.query_labels and tab.finished == (not cut)
+    maps._CACHE.clear()
+
+
+def test_switching_model_clears_the_previous_result(with_all):
+    kind, text, target, image, audio, plot, grid, summary, notes, layer, head = maps.switch("audio")
+    assert (plot, grid, summary) == (None, None, None)
+    assert "Record or upload a clip" in notes
+    assert kind["value"] == "CLS to frames" and layer["value"] == head["value"] == "average"
+    assert audio["visible"] and not image["visible"] and not text["visible"]
+
+
+def test_changing_kind_before_any_input_shows_no_error(with_all):
+    for task, kind in (("vision", "rollout"), ("audio", "CLS to frames"), ("generation", "causal self")):
+        plot, grid, summary, notes, *_ = maps.redraw(task, kind, "average", "average", "", "de", None, None)
+        assert plot is None and grid is None and "then press" in notes
+    with pytest.raises(ValueError, match="Upload an image first"):  # the button still says what is missing
+        maps.show("vision", "rollout", "average", "average", "", "de", None, None)
+
+
+def test_lab_heads_follow_the_layer_and_default_is_sinusoidal(with_all, monkeypatch, tmp_path):
+    from demos.common import checkpoint_config
+
+    assert lab.default_source() == "translation"  # the paper's sinusoidal encoding, not the RoPE GPT
+    assert lab.head_count("translation") == checkpoint_config("translation")["n_heads"] == 2
+    assert lab.head_count("random") == lab.RANDOM_HEADS
+    update = lab.head_slider("random", 3)
+    assert update["maximum"] == lab.RANDOM_HEADS and update["value"] == 3
+    assert lab.head_slider("translation", 4)["value"] == 2  # kept within the layer's heads
+    demo = _build(lab)
+    sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label == "head"]
+    assert sliders[0].maximum == 2
+    r = lab.attention_lab("the cat sat", lab.default_source(), "none")
+    assert r.positional is not None  # the positional-encoding step has something to show
+    save_gpt(tmp_path)
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINTS", str(tmp_path))
+    assert lab.default_source() == "random"  # only the RoPE GPT: the random layer's sinusoids
+
+
+def test_heatmaps_label_every_token_and_share_one_colour_scale(with_all):
+    from demos import translation
+
+    labels = [f"t{i}" for i in range(90)]
+    fig = attention_heatmap(np.full((90, 90), 1 / 90), labels, labels, "title")
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1 and len(fig.data[0].x) == 90
+    tab = translation.translate(SENTENCES[0], "en", "de")
+    tab_fig = translation.attention_figure(tab, "1", "2")
+    map_fig = maps.attention_map("translation", "cross", "1", "2", text=SENTENCES[0], target="de").figure
+    np.testing.assert_allclose(np.asarray(tab_fig.data[0].z), np.asarray(map_fig.data[0].z), rtol=1e-6)
+    assert tab_fig.data[0].colorscale == map_fig.data[0].colorscale
+    assert tab_fig.data[0].zmax == pytest.approx(map_fig.data[0].zmax)
+    demo = _build(translation)
+    plots = [b for b in demo.blocks.values() if isinstance(b, gr.Plot)]
+    assert plots and not any(p.show_label for p in plots)  # no label over the heatmap's title
+
+
+def test_imagenet_choice_is_offered_only_when_it_can_work(with_all, monkeypatch):
+    from demos import vision
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(vision, "weights_cached", lambda name: False)
+    assert "cannot be reached" in vision.pretrained_unavailable()
+    demo = _build(vision)
+    radios = [b for b in demo.blocks.values() if isinstance(b, gr.Radio) and b.label == "Model"]
+    assert [c[1] for c in radios[0].choices] == [vision.OURS]
+    notes = " ".join(b.value or "" for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert "not offered here" in notes
+    monkeypatch.setattr(vision, "weights_cached", lambda name: True)
+    assert vision.pretrained_unavailable() is None
