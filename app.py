@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 
-from demos import common, limits, registry  # noqa: E402
+from demos import common, limits, registry, tools  # noqa: E402
 
 # the tab bar: every model's tab, then the tabs that look inside them (demos/registry.py)
 TABS = tuple(registry.tab_modules())
@@ -34,7 +34,9 @@ def build_app() -> gr.Blocks:
         for tab in TABS:
             with gr.Tab(tab.TITLE, id=tab.__name__.rsplit(".", 1)[-1]):
                 tab.build()
+        tools.register()  # API endpoints that are also MCP tools (demos/tools.py)
     share_cores(demo, int(os.environ.get("PLAYGROUND_CONCURRENCY", "2")))
+    tools.expose_only_tools(demo)
     return demo
 
 
@@ -62,6 +64,7 @@ def main() -> None:
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         theme=gr.themes.Soft(),
         **limits.launch_options(),  # upload and request-body limits, sessions kept
+        mcp_server=True,  # demos/tools.py's tools at /gradio_api/mcp/
         prevent_thread_lock=True,
     )
     # the page is up; now the models the layout did not need (the ViT pulls in timm, ~2 s)

@@ -20,6 +20,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from models.attention_data import Attention, ModelAttention, stack_layers
+from models.hub import HubMixin
 from models.transformer import EncoderClassifier, EncoderClassifierConfig, Output
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -101,7 +102,7 @@ class LogMelSpectrogram(nn.Module):
             return self.to_db(self.mel(waveforms.float()))
 
 
-class AudioTransformer(nn.Module):
+class AudioTransformer(nn.Module, HubMixin):
     """Log-mel front end + frame-patch tokens + `EncoderClassifier` (CLS token, encoder, head)."""
 
     architecture = "audio_transformer"

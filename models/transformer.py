@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from models.attention import DecoderCache, padding_mask
 from models.attention_data import Attention, AttentionLayer, ModelAttention, stack_layers
 from models.blocks import DecoderLayer, EncoderLayer
+from models.hub import HubMixin
 from models.positional import RotaryEmbedding, build_positional
 
 
@@ -57,7 +58,7 @@ class GPTConfig:
     bias: bool = False
 
 
-class GPT(nn.Module):
+class GPT(nn.Module, HubMixin):
     """Token embedding -> N masked decoder blocks (no cross-attention) -> LayerNorm -> logits."""
 
     architecture = "gpt"
@@ -167,7 +168,7 @@ class Encoder(nn.Module):
         return self.norm(x), attentions
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(nn.Module, HubMixin):
     """Source -> encoder -> memory; target (shifted right) -> decoder with cross-attention -> logits."""
 
     architecture = "encoder_decoder"
@@ -309,7 +310,7 @@ class EncoderClassifierConfig:
     norm_first: bool = True
 
 
-class EncoderClassifier(nn.Module):
+class EncoderClassifier(nn.Module, HubMixin):
     """Input vectors -> linear embedding, prepend CLS, add positions -> encoder -> head(CLS)."""
 
     architecture = "encoder_classifier"

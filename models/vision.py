@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from models.analysis import attention_rollout
 from models.attention_data import Attention, ModelAttention, stack_layers
+from models.hub import HubMixin
 from models.transformer import Output
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -80,7 +81,7 @@ class ConvStem(PatchEmbed):
 STEMS = {"patch": PatchEmbed, "conv": ConvStem}
 
 
-class VisionClassifier(nn.Module):
+class VisionClassifier(nn.Module, HubMixin):
     """Patches -> linear embedding + CLS + learned positions -> pre-norm blocks -> head(CLS)."""
 
     architecture = "vit"
