@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
+from demos.tools import examples_that_run
 from models.attention_data import Attention
 from models.audio import RoutineNote, log_mel, prepare_waveform
 
@@ -303,7 +304,7 @@ def build() -> None:
             audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="A spoken digit")
             run = gr.Button("Classify", variant="primary")
             paths, labels = zip(*examples(), strict=True)
-            gr.Examples(
+            example_set = gr.Examples(
                 [[p] for p in paths],
                 inputs=audio,
                 example_labels=[f"{label}: synthetic, not a real voice" for label in labels],
@@ -325,5 +326,6 @@ def build() -> None:
         api_name="classify_audio",
         concurrency_id=CORES,
     )
+    examples_that_run(example_set, classify_handler, [audio, layer, head], [top3, plot, notes, state])
     for control in (layer, head):
         control.change(redraw, [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)

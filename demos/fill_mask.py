@@ -28,6 +28,7 @@ from demos.common import (
     warn,
 )
 from demos.plots import attention_heatmap
+from demos.tools import examples_that_run
 from models.bert import MASK_ID, SPECIAL_TOKENS, UNK_ID
 from models.bert import fill_mask as predict_blanks
 
@@ -305,9 +306,10 @@ def build() -> None:
         with gr.Column():
             filled = gr.Textbox(label="Most likely sentence", interactive=False)
             details = gr.JSON(label="Candidates", visible=False)
-    gr.Examples(EXAMPLES, inputs=[text, top_k])
+    example_set = gr.Examples(EXAMPLES, inputs=[text, top_k])
     plot = gr.Plot(label="Candidates for each blank")
     listen(go_button.click, _on_fill, [text, top_k], [filled, details, plot], api_name="fill_mask")
+    examples_that_run(example_set, _on_fill, [text, top_k], [filled, details, plot])
     listen(text.submit, _on_fill, [text, top_k], [filled, details, plot])
 
     gr.Markdown(

@@ -18,6 +18,7 @@ import torch
 
 from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
 from demos.plots import char_label
+from demos.tools import examples_that_run
 from models.decoding import filter_logits, sample
 from models.tokenizers import CharTokenizer
 
@@ -354,11 +355,13 @@ def build() -> None:
                 label=f"Top {TOP_N} next characters after the prompt",
             )
     examples = [[text, n, t, min(k, vocab), p, s] for text, n, t, k, p, s in EXAMPLES]
-    gr.Examples(examples, inputs=[prompt, max_new, temperature, top_k, top_p, seed])
+    example_set = gr.Examples(examples, inputs=[prompt, max_new, temperature, top_k, top_p, seed])
     inputs = [prompt, max_new, temperature, top_k, top_p, seed, use_cache]
     # preprocess=False: API values reach our checks as sent, so out-of-range ones get our clamps
     # and messages instead of Gradio's bounds error
     event = run.click(_stream, inputs, [output, stats], api_name="generate", preprocess=False, concurrency_id=CORES)
+    # an example generates at once, from its own seed: the same text every time
+    examples_that_run(example_set, _stream, inputs, [output, stats], preprocess=False)
     stop.click(None, cancels=[event])
     gr.on(
         [prompt.change, temperature.change, top_k.change, top_p.change],

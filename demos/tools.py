@@ -6,6 +6,7 @@
 describes the tool, "Args" its parameters. `expose_only_tools(demo)` keeps the tabs' own endpoints
 (/generate, /translate, /attention_map, ...) callable by gradio_client but off the API page and
 out of the MCP tool list: they return plots and browser state that mean nothing to a tool user.
+`examples_that_run` makes a tab's examples show their result in one click.
 """
 
 from __future__ import annotations
@@ -127,3 +128,9 @@ def expose_only_tools(demo: gr.Blocks) -> None:
     for fn in demo.fns.values():
         if fn.api_visibility == "public" and fn.api_name not in names:
             fn.api_visibility = "undocumented"
+
+
+def examples_that_run(examples: gr.Examples, fn, inputs: list, outputs: list, **kwargs) -> gr.Dependency:
+    """One click on an example shows its result: once the example has filled the inputs, `fn` runs
+    on them, in the app's one queue and outside the API (`kwargs` as for the tab's own button)."""
+    return examples.load_input_event.then(fn, inputs, outputs, concurrency_id=CORES, api_visibility="private", **kwargs)

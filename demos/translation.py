@@ -19,6 +19,7 @@ from demos.common import (
     missing_message,
 )
 from demos.plots import attention_heatmap
+from demos.tools import examples_that_run
 from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, max_output_len, translate_ids
 
 TITLE = "Translate"
@@ -248,7 +249,7 @@ def build() -> None:
         with gr.Column():
             translation = gr.Textbox(label="Translation", lines=3, interactive=False)
             notes = gr.Markdown(label="Notes")
-    gr.Examples(EXAMPLES, inputs=[text, source, target, beam])
+    example_set = gr.Examples(EXAMPLES, inputs=[text, source, target, beam])
     gr.Markdown(
         "**Cross-attention.** One row per piece the decoder wrote, one column per source piece: a dark "
         "cell means that output looked hard at that input. Pick a decoder layer and head, or average them."
@@ -263,6 +264,7 @@ def build() -> None:
     outputs = [translation, notes, plot, state]
     # preprocess=False: API values reach translate()'s checks as sent (a text beam size gets a sentence)
     go.click(_on_translate, inputs, outputs, api_name="translate", preprocess=False, concurrency_id=CORES)
+    examples_that_run(example_set, _on_translate, inputs, outputs, preprocess=False)
     text.submit(_on_translate, inputs, outputs, api_visibility="private", preprocess=False, concurrency_id=CORES)
     swap.click(
         _swap,

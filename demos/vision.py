@@ -35,6 +35,7 @@ from demos.common import (
     has_checkpoint,
     missing_message,
 )
+from demos.tools import examples_that_run
 from models.attention_data import Attention
 
 TITLE = "Image"
@@ -471,7 +472,7 @@ def build() -> None:
             if why_not:
                 gr.Markdown(f"*{why_not}*")
             run = gr.Button("Classify", variant="primary")
-            gr.Examples(example_paths(), inputs=photo, label="Drawn examples (not CIFAR images)")
+            example_set = gr.Examples(example_paths(), inputs=photo, label="Drawn examples (not CIFAR images)")
         with gr.Column():
             label = gr.Label(num_top_classes=5, label="Top 5")
             with gr.Row():
@@ -498,6 +499,8 @@ def build() -> None:
         concurrency_id=CORES,
         preprocess=False,
     )
+    outputs = [label, view, rollout, cls_map, state]
+    examples_that_run(example_set, classify_handler, [photo, layer, head, model], outputs, preprocess=False)
     for control in (layer, head):
         control.change(pick_map, [state, layer, head], cls_map, api_visibility="private", concurrency_id=CORES)
 

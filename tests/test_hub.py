@@ -311,3 +311,22 @@ def test_tools_answer_through_gradio_client_as_the_tabs_do(server, tmp_path):
 
     with pytest.raises(Exception, match="nothing to translate"):
         client.predict("   ", "English", "German", 4, api_name="/translate_text")
+
+
+def test_every_example_shows_its_result_in_one_click():
+    """Clicking an example fills the inputs (Gradio's load_example event) and then runs the same
+    handler, on the same inputs, as the tab's own button, in the shared queue."""
+    import app
+    from demos.common import CORES
+
+    demo = app.build_app()
+    loads = [i for i, f in demo.fns.items() if (f.api_name or "").startswith("load_example")]
+    assert len(loads) >= 4  # Generate, Translate, Image, Audio (and Fill-Mask with its model)
+    buttons = {f.fn: f for f in demo.fns.values() if f.api_name and not f.api_name.startswith("load_example")}
+    for load in loads:
+        runs = [f for f in demo.fns.values() if f.trigger_after == load]
+        assert len(runs) == 1, demo.fns[load].api_name
+        run = runs[0]
+        assert run.concurrency_id == CORES and run.api_visibility == "private"
+        assert run.fn in buttons, f"{run.name} is not what the tab's button runs"
+        assert [c._id for c in run.inputs] == [c._id for c in buttons[run.fn].inputs]
