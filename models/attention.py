@@ -138,38 +138,66 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, eps:
 class KVCache:
     """Keys and values of one attention layer for the positions decoded so far.
 
-    `max_len` makes it a rolling window (only for relative positions, i.e. RoPE): the oldest
-    entries drop out, as they would if the uncached model cropped its input to the context.
+    They live in a preallocated buffer (batch, heads, capacity, head_dim): a step writes its new
+    entries in place instead of copying the whole cache into a longer tensor. `max_len` makes it a
+    rolling window (relative positions only, i.e. RoPE): after each step the newest max_len - 1
+    entries stay, so the next token attends to max_len keys, itself included: sliding-window
+    attention. That buffer holds 2 * max_len entries, so the live ones move to its front once
+    every max_len steps.
     """
 
     def __init__(self, max_len: int | None = None) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
         self.max_len = max_len
+        self.buffer_k: Tensor | None = None
+        self.buffer_v: Tensor | None = None
+        self.start = self.end = 0  # the live entries are buffer[:, :, start:end]
+
+    @property
+    def k(self) -> Tensor | None:
+        return None if self.buffer_k is None else self.buffer_k[:, :, self.start : self.end]
+
+    @property
+    def v(self) -> Tensor | None:
+        return None if self.buffer_v is None else self.buffer_v[:, :, self.start : self.end]
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.size(2)
+        return self.end - self.start
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat([self.k, k], dim=2)
-            self.v = torch.cat([self.v, v], dim=2)
+        """Add the keys and values of new positions; returns all live ones."""
+        n = k.size(2)
+        if self.buffer_k is None or self.end + n > self.buffer_k.size(2):
+            self._make_room(k, v, n)
+        self.buffer_k[:, :, self.end : self.end + n] = k
+        self.buffer_v[:, :, self.end : self.end + n] = v
+        self.end += n
         return self.k, self.v
+
+    def _make_room(self, k: Tensor, v: Tensor, n: int) -> None:
+        """A new buffer with room for n more entries (doubling when unbounded); live ones go first."""
+        live = len(self)
+        if self.max_len is not None:
+            capacity = max(2 * self.max_len, live + n)
+        else:
+            capacity = max(2 * (live + n), 64)
+        new_k = k.new_empty(k.size(0), k.size(1), capacity, k.size(3))
+        new_v = v.new_empty(v.size(0), v.size(1), capacity, v.size(3))
+        if live:
+            new_k[:, :, :live] = self.k
+            new_v[:, :, :live] = self.v
+        self.buffer_k, self.buffer_v, self.start, self.end = new_k, new_v, 0, live
 
     def trim(self) -> None:
         """After a step: keep the newest max_len - 1 entries, so that the next token, appended,
-        attends to exactly max_len keys (itself included), as the cropped uncached model does."""
+        attends to exactly max_len keys (itself included)."""
         if self.max_len is not None and len(self) >= self.max_len:
-            self.k = self.k[:, :, -(self.max_len - 1) :]
-            self.v = self.v[:, :, -(self.max_len - 1) :]
+            self.start = self.end - (self.max_len - 1)
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search picks which hypotheses survive)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        if self.buffer_k is not None:
+            self.buffer_k = self.buffer_k.index_select(0, index)
+            self.buffer_v = self.buffer_v.index_select(0, index)
 
 
 class DecoderCache:
@@ -237,10 +265,12 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         position: int = 0,
         need_weights: bool = False,
+        window: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (batch, T, d_model). Returns (output (batch, T, d_model), weights or None).
 
         position: absolute position of x's first token (for RoPE with a cache).
+        window: with `causal`, each query sees at most the last `window` keys, itself included.
         """
         q = self.split_heads(self.q_proj(x))
         if context is not None and cache is not None and len(cache):
@@ -255,15 +285,22 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.append(k, v)
         t_q, t_k = q.size(2), k.size(2)
-        if causal:
-            causal_part = causal_mask(t_q, t_k, device=x.device)
+        plain_causal = False  # the kernel can then apply the mask itself
+        windowed = window is not None and t_k > window
+        # one new query after its cached keys may see all of them (the cache keeps only the window)
+        if causal and (t_q > 1 or windowed):
+            if windowed:
+                causal_part = sliding_window_mask(t_q, window, t_k, device=x.device)
+            else:
+                causal_part = causal_mask(t_q, t_k, device=x.device)
+            plain_causal = mask is None and not windowed and t_q == t_k
             mask = causal_part if mask is None else mask & causal_part
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.scale)
         else:
             weights = None
-            if causal and t_q == t_k and mask is causal_part:  # let the kernel skip the mask
+            if plain_causal:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale)
             else:
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scale)

@@ -108,14 +108,25 @@ class DecoderLayer(nn.Module):
         cache: DecoderCache | None = None,
         layer: int = 0,
         need_weights: bool = False,
+        position: int = 0,
+        window: int | None = None,
     ):
-        """Returns (x, {"self": ..., "cross": ...}); `cache` holds every layer, `layer` picks ours."""
+        """Returns (x, {"self": ..., "cross": ...}); `cache` holds every layer, `layer` picks ours.
+
+        position: absolute position of x's first token without a cache (a cache knows its own);
+        window: self-attention sees at most that many latest positions (sliding window).
+        """
         self_cache = cache.self_attn[layer] if cache is not None else None
-        position = cache.position if cache is not None else 0
+        position = cache.position if cache is not None else position
         x, self_w = self.self_residual(
             x,
             lambda h: self.self_attn(
-                h, causal=self.causal, cache=self_cache, position=position, need_weights=need_weights
+                h,
+                causal=self.causal,
+                cache=self_cache,
+                position=position,
+                need_weights=need_weights,
+                window=window,
             ),
         )
         cross_w = None

@@ -2,8 +2,12 @@
 
 Works with any `Decoder`: an object with `step(tokens, cache) -> logits (batch, T, vocab)`,
 `new_cache()`, `context_len` and `rolling_cache` (GPT itself, or EncoderDecoder.target_decoder).
-With a cache only the new token goes through the model; without one the whole (cropped)
-sequence is recomputed at every step, as the notes' naive loop does.
+With a cache only the new token goes through the model; without one everything the next token
+depends on is recomputed at every step, as the notes' naive loop does. Both compute the same thing
+past the context: a rolling decoder (RoPE) attends through a sliding window of context_len
+positions in every layer, so the next token depends on its `receptive_field` latest tokens, which
+the uncached path recomputes at their own positions; any other decoder crops the text to its last
+context_len tokens and reads them from position 0, refilling its cache every step.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from models.attention import DecoderCache
 
 class Decoder(Protocol):
     context_len: int
-    rolling_cache: bool
+    rolling_cache: bool  # uncached decoding then also needs `receptive_field` and step(..., position=)
 
     def new_cache(self) -> DecoderCache: ...
 
@@ -58,17 +62,25 @@ class _Stepper:
 
     def next_logits(self, tokens: Tensor, n_new: int) -> Tensor:
         """Logits for the position after `tokens`, whose last n_new tokens are new."""
-        ctx = self.decoder.context_len
+        decoder, length = self.decoder, tokens.size(1)
+        if decoder.rolling_cache:
+            if not self.use_cache:
+                start = max(0, length - decoder.receptive_field)  # older tokens cannot matter
+                return decoder.step(tokens[:, start:], None, position=start)[:, -1]
+            if self.cache is None:  # the prompt, all of it, through the sliding window
+                self.cache = decoder.new_cache()
+                return decoder.step(tokens, self.cache)[:, -1]
+            return decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
+        cropped = tokens[:, -decoder.context_len :]
         if not self.use_cache:
-            return self.decoder.step(tokens[:, -ctx:], None)[:, -1]
-        full = self.cache is None or (not self.decoder.rolling_cache and tokens.size(1) > ctx)
-        if full:  # (re)fill the cache from the visible window
-            self.cache = self.decoder.new_cache()
-            return self.decoder.step(tokens[:, -ctx:], self.cache)[:, -1]
-        return self.decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
+            return decoder.step(cropped, None)[:, -1]
+        if self.cache is None or length > decoder.context_len:  # (re)fill from the visible window
+            self.cache = decoder.new_cache()
+            return decoder.step(cropped, self.cache)[:, -1]
+        return decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(
     decoder: Decoder,
     prompt: Tensor,

@@ -85,33 +85,50 @@ class GPT(nn.Module, HubMixin):
 
     @property
     def rolling_cache(self) -> bool:
-        """RoPE depends on relative positions only, so old cache entries can simply drop out: past
-        the context, generation becomes sliding-window attention over the last context_len keys."""
+        """Whether the model reads past its context through a sliding window (RoPE: scores depend
+        on relative positions only). Then every layer attends to the last context_len positions,
+        itself included, and the cache keeps just those keys; absolute positions cannot slide, so
+        those models crop the text to its last context_len tokens instead."""
         return self.config.positional == "rope"
+
+    @property
+    def receptive_field(self) -> int:
+        """How many of the latest tokens the next token's logits depend on. With the sliding window
+        each layer looks context_len - 1 positions further back than the one above it."""
+        if self.rolling_cache:
+            return self.config.n_layers * (self.config.context_len - 1) + 1
+        return self.config.context_len
 
     def new_cache(self) -> DecoderCache:
         window = self.config.context_len if self.rolling_cache else None
         return DecoderCache(self.config.n_layers, max_len=window)
 
-    def forward(self, idx: Tensor, cache: DecoderCache | None = None, need_weights: bool = False) -> Output:
-        """idx: (batch, T) token ids -> logits (batch, T, vocab). With a cache, T new tokens."""
-        position = cache.position if cache is not None else 0
+    def forward(
+        self, idx: Tensor, cache: DecoderCache | None = None, need_weights: bool = False, position: int = 0
+    ) -> Output:
+        """idx: (batch, T) token ids -> logits (batch, T, vocab). With a cache, T new tokens.
+
+        position: absolute position of idx's first token when there is no cache (the cache counts
+        its own). Longer than the context, a RoPE model attends through the sliding window.
+        """
+        position = cache.position if cache is not None else position
+        window = self.config.context_len if self.rolling_cache else None
         x = self.embed(idx)
         if self.positional is not None:
             x = self.positional(x, position)
         x = self.dropout(x)
         attentions = []
         for i, layer in enumerate(self.layers):
-            x, weights = layer(x, cache=cache, layer=i, need_weights=need_weights)
+            x, weights = layer(x, cache=cache, layer=i, need_weights=need_weights, position=position, window=window)
             attentions.append(weights)
         if cache is not None:
             cache.position += idx.size(1)
         logits = self.lm_head(self.norm(x))
         return Output(logits, attentions if need_weights else None)
 
-    def step(self, tokens: Tensor, cache: DecoderCache | None) -> Tensor:
+    def step(self, tokens: Tensor, cache: DecoderCache | None, position: int = 0) -> Tensor:
         """The decoding interface (models/decoding.py): logits for the new tokens."""
-        return self(tokens, cache=cache).logits
+        return self(tokens, cache=cache, position=position).logits
 
     @torch.no_grad()
     def attention(self, idx: Tensor, labels: list[str]) -> ModelAttention:

@@ -17,6 +17,7 @@ import torch
 
 from demos import generation as tab
 from models.checkpoint import load_model, save_checkpoint
+from models.decoding import sample
 from models.tokenizers import CharTokenizer, load_tokenizer
 from models.transformer import GPT, GPTConfig
 from training import generation
@@ -176,13 +177,117 @@ def test_kv_cache_gives_the_same_greedy_text(tiny_checkpoint):
     assert cached.text == uncached.text
 
 
-def test_shipped_model_cache_agrees_and_writes_shakespeare_characters():
+def test_shipped_model_cache_agrees_past_the_context_and_writes_shakespeare_characters():
     if not (tab_dir := ROOT / "checkpoints" / "generation").joinpath("config.json").exists():
         pytest.skip(f"no shipped checkpoint in {tab_dir}")
-    kwargs = {"prompt": "ROMEO:\n", "max_new_tokens": 60, "temperature": 0.0}
-    cached, uncached = collect(**kwargs, use_cache=True), collect(**kwargs, use_cache=False)
-    assert cached.text == uncached.text
+    # 7 + 160 characters: past the 128-character context, where the sliding window takes over
+    kwargs = {"prompt": "ROMEO:\n", "max_new_tokens": 160}
+    for settings in ({"temperature": 0.0}, {"temperature": 0.8, "seed": 5}):
+        cached = collect(**kwargs, **settings, use_cache=True)
+        uncached = collect(**kwargs, **settings, use_cache=False)
+        assert cached.text == uncached.text and len(cached.text) == 160
     assert set(cached.text) <= set(load_tokenizer(tab_dir).chars)
+
+
+class RecordingDecoder:
+    """A GPT as a models.decoding Decoder that keeps the last-position logits of every step."""
+
+    def __init__(self, model: GPT) -> None:
+        self.model, self.logits = model, []
+        self.context_len, self.rolling_cache = model.context_len, model.rolling_cache
+        self.receptive_field = model.receptive_field
+
+    def new_cache(self):
+        return self.model.new_cache()
+
+    def step(self, tokens, cache, position=0):
+        logits = self.model.step(tokens, cache, position=position)
+        self.logits.append(logits[:, -1])
+        return logits
+
+
+def decode_both_ways(model: GPT, prompt: list[int], n_new: int, temperature: float, seed: int = 0):
+    """{use_cache: (new tokens, the logits each was drawn from)} from models.decoding.sample."""
+    runs = {}
+    for use_cache in (True, False):
+        recorder = RecordingDecoder(model)
+        generator = torch.Generator().manual_seed(seed)
+        steps = sample(recorder, torch.tensor([prompt]), n_new, temperature, use_cache=use_cache, generator=generator)
+        runs[use_cache] = (torch.cat(list(steps)), torch.cat(recorder.logits))
+    return runs
+
+
+def windowed_gpt(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    config = {"vocab_size": 11, "context_len": 8, "n_layers": 3, "n_heads": 2, "d_model": 16, "d_ff": 32}
+    model = GPT(GPTConfig(**{**config, "dropout": 0.0, **overrides})).double().eval()
+    with torch.no_grad():  # 3x the 0.02 init: tokens far back visibly change the logits (10x saturates)
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+def test_past_the_context_every_layer_attends_through_a_sliding_window():
+    # the definition, checked against the explicit formula: a forward over the whole text where
+    # each layer's query i sees keys i - context_len + 1 .. i, written out with sliding_window_mask
+    from models.attention import scaled_dot_product_attention, sliding_window_mask
+
+    model = windowed_gpt()
+    idx = torch.randint(0, 11, (2, 40))
+    x = model.embed(idx)
+    for layer in model.layers:
+        attn = layer.self_attn
+        h = layer.self_residual.norm(x)
+        q, k = attn.rope(attn.split_heads(attn.q_proj(h))), attn.rope(attn.split_heads(attn.k_proj(h)))
+        v = attn.split_heads(attn.v_proj(h))  # values are not rotated
+        out, _ = scaled_dot_product_attention(q, k, v, sliding_window_mask(40, 8))
+        x = x + attn.out_proj(out.transpose(1, 2).reshape(2, 40, -1))
+        x = x + layer.ff(layer.ff_residual.norm(x))
+    expected = model.lm_head(model.norm(x))
+    torch.testing.assert_close(model(idx).logits, expected)
+
+    cache = model.new_cache()  # the cache computes the same, one token at a time
+    steps = [model(idx[:, :5], cache=cache).logits] + [
+        model(idx[:, t : t + 1], cache=cache).logits for t in range(5, 40)
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected)
+    assert len(cache) == 7  # context_len - 1 keys wait for the next token
+
+
+def test_receptive_field_is_exactly_what_the_next_token_depends_on():
+    model = windowed_gpt(seed=1)
+    assert model.receptive_field == 3 * (8 - 1) + 1
+    idx = torch.randint(0, 11, (1, 40))
+    last = model(idx).logits[0, -1]
+    outside, inside = idx.clone(), idx.clone()
+    outside[0, 40 - model.receptive_field - 1] = (idx[0, 40 - model.receptive_field - 1] + 1) % 11
+    inside[0, 40 - model.receptive_field] = (idx[0, 40 - model.receptive_field] + 1) % 11
+    torch.testing.assert_close(model(outside).logits[0, -1], last)
+    assert (model(inside).logits[0, -1] - last).abs().max() > 1e-6
+    # the uncached path's crop: the last receptive_field tokens at their own positions suffice
+    start = 40 - model.receptive_field
+    torch.testing.assert_close(model(idx[:, start:], position=start).logits[0, -1], last)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("positional", ["rope", "learned"])
+def test_cache_on_and_off_decode_the_same_tokens_far_past_the_context(temperature, positional):
+    model = windowed_gpt(seed=2, positional=positional)
+    runs = decode_both_ways(model, [1, 2, 3], 120, temperature, seed=4)  # 15 contexts, 5 receptive fields
+    assert torch.equal(runs[True][0], runs[False][0])
+    torch.testing.assert_close(runs[True][1], runs[False][1])
+
+
+@pytest.mark.slow
+def test_shipped_model_writes_the_same_1000_characters_with_and_without_the_cache():
+    if not (folder := ROOT / "checkpoints" / "generation").joinpath("config.json").exists():
+        pytest.skip(f"no shipped checkpoint in {folder}")
+    model, tokenizer = load_model(folder).eval(), load_tokenizer(folder)
+    prompt = tokenizer.encode(tab.EXAMPLES[0][0])
+    for temperature in (0.0, 0.8):  # greedy, then sampled with a seed
+        runs = decode_both_ways(model, prompt, 1000, temperature, seed=3)
+        assert torch.equal(runs[True][0], runs[False][0])  # token for token, 8 contexts long
+        assert (runs[True][1] - runs[False][1]).abs().max() < 1e-3  # float32: summation order only
 
 
 def test_stream_yields_one_more_character_each_time(tiny_checkpoint):
