@@ -34,7 +34,6 @@ from demos.common import (
     has_checkpoint,
     listen,
     shows_errors,
-    zerogpu,
 )
 from demos.efficiency import efficiency_figure, measure_live, positional_figures, schedule_figure
 from demos.lab_figures import SATURATION_HEADERS, SHOW_DIMS, matrix_figure, saturation_table, step_figures
@@ -420,7 +419,6 @@ def build() -> None:
             for name in names:
                 plots[name] = gr.Plot(show_label=False)
 
-    @zerogpu  # ZeroGPU needs one decorated handler (demos/common.py says why this one)
     @shows_errors
     def handler(text_v, source_v, mask_v, scaled_v, head_v):
         return lab_outputs("" if text_v is None else str(text_v), source_v, mask_v, scaled_v, whole(head_v))

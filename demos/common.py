@@ -138,21 +138,6 @@ def configure_threads() -> None:
     torch.set_num_threads(int(os.environ.get("PLAYGROUND_TORCH_THREADS", "1")))
 
 
-def zerogpu(fn, duration: int = 20):
-    """On a ZeroGPU Space (the `spaces` package is installed) run `fn` on a GPU worker for at most
-    `duration` seconds; elsewhere (here, a CPU Space) a no-op.
-
-    Our models are small and run on the CPU faster than a round trip to a GPU worker, so only the
-    Attention Lab's handler carries it: ZeroGPU refuses to start a Gradio app whose event
-    handlers include no @spaces.GPU function, and that handler is self-contained (no gr.State, no
-    warnings, no streaming)."""
-    try:
-        import spaces
-    except ImportError:
-        return fn
-    return spaces.GPU(duration=duration)(fn)
-
-
 # ----------------------------------------------------------------------------------------------
 # Errors and notes shown to the person, one way in every tab
 # ----------------------------------------------------------------------------------------------

@@ -72,7 +72,6 @@ def test_runtime_requirements_hold_what_the_app_imports_and_no_development_tools
     code = [ROOT / "app.py", ROOT / "bench" / "attention.py", *ROOT.glob("demos/*.py"), *ROOT.glob("models/*.py")]
     ours = {"app", "demos", "models", "bench", "training", "tests", "scripts"}
     modules = _imported_modules(code) - ours - set(sys.stdlib_module_names)
-    modules.discard("spaces")  # optional: present only on a ZeroGPU Space
     owners = packages_distributions()
     runtime = requirement_names(ROOT / "requirements.txt")
     missing = {}
