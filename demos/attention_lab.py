@@ -35,14 +35,11 @@ from demos.common import (
     listen,
     shows_errors,
 )
-from demos.efficiency import efficiency_figure, measure_live, positional_figures, schedule_figure
-from demos.lab_figures import SATURATION_HEADERS, SHOW_DIMS, matrix_figure, saturation_table, step_figures
+from demos.lab_figures import SATURATION_HEADERS, saturation_table, step_figures
 from demos.plots import char_label, unique_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
 from models.positional import SinusoidalPositionalEncoding
-
-__all__ = ["SHOW_DIMS", "efficiency_figure", "matrix_figure", "measure_live", "positional_figures", "schedule_figure"]
 
 TITLE = "Attention Lab"
 # the paper's sinusoidal encoding first: the first of these that is available is the default

@@ -201,15 +201,18 @@ def parse_selector(value, count: int, what: str, special: tuple[str, ...] = (AVE
         number = float(words[-1]) if words and not isinstance(value, bool) else float("nan")
     except ValueError:
         number = float("nan")
+    allowed = " or ".join(repr(s) for s in special) + " or a number" if special else "a whole number"
     if not number.is_integer():
         if special:
-            names = " or ".join(repr(s) for s in special)
             raise UserError(
-                f"Layer and head are numbers from 1 or {names}, not {value!r} (this {what} goes from 1 to {count})."
+                f"The {what} must be {allowed} from 1 to {count}: layer and head are numbers from 1 or "
+                f"{special[0]!r}, not {value!r}."
             )
         raise UserError(f"The {what} must be a whole number from 1 to {count}, not {value!r}.")
     if not 1 <= number <= count:
-        raise UserError(f"{what.capitalize()} {int(number)} does not exist: this attention has {count} {what}s.")
+        raise UserError(
+            f"{what.capitalize()} {int(number)} does not exist: the {what} must be {allowed} from 1 to {count}."
+        )
     return int(number) - 1
 
 

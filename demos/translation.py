@@ -12,11 +12,13 @@ import torch
 from demos.common import (
     CORES,
     AttentionView,
-    MissingCheckpoint,
     UserError,
     get_model,
     has_checkpoint,
     missing_message,
+    parse_selector,
+    selector_choices,
+    shows_errors,
 )
 from demos.plots import attention_heatmap
 from demos.tools import examples_that_run
@@ -174,25 +176,15 @@ def read_source(tokenizer, text: str, max_len: int) -> tuple[list[int], list[str
     return [i for i, _ in kept] + [EOS_ID], notes
 
 
-def selector_choices(count: int) -> list[str]:
-    """A layer or head selector's choices: "average", "1", ..., str(count)."""
-    return ["average"] + [str(i + 1) for i in range(count)]
-
-
-def check_selector(value, count: int, what: str) -> None:
-    if str(value) not in selector_choices(count):
-        raise InputError(f"{value} is not in the list of choices for the {what}: average or 1 to {count}.")
-
-
 def attention_figure(result: Translation | None, layer: str, head: str):
     """The heatmap for one layer/head (numbered from 1), or their average ("average")."""
     if result is None or result.cross_attention.size == 0:
         return None
     weights = result.cross_attention
-    check_selector(layer, weights.shape[0], "layer")
-    check_selector(head, weights.shape[1], "head")
-    weights = weights.mean(axis=0) if layer == "average" else weights[int(layer) - 1]
-    weights = weights.mean(axis=0) if head == "average" else weights[int(head) - 1]
+    layer_i = parse_selector(layer, weights.shape[0], "layer")
+    head_i = parse_selector(head, weights.shape[1], "head")
+    weights = weights.mean(axis=0) if layer_i is None else weights[layer_i]
+    weights = weights.mean(axis=0) if head_i is None else weights[head_i]
     title = f"Cross-attention, layer {layer}, head {head}"
     return attention_heatmap(
         weights, result.target_tokens, result.source_tokens, title, query_axis="target", key_axis="source"
@@ -208,10 +200,10 @@ def _on_translate(text: str, source: str, target: str, beam_size: float, layer: 
     """Runs with preprocess=False: API values arrive as sent, and translate() explains bad ones."""
     try:
         model, _ = get_model(TASK)
-        check_selector(layer, model.config.n_decoder_layers, "layer")
-        check_selector(head, model.config.n_heads, "head")
+        parse_selector(layer, model.config.n_decoder_layers, "layer")
+        parse_selector(head, model.config.n_heads, "head")
         result = translate(text, source, target, beam_size)
-    except (InputError, MissingCheckpoint) as error:
+    except UserError as error:  # InputError, MissingCheckpoint, a bad layer/head
         raise gr.Error(str(error)) from None
     for note in result.notes:
         gr.Warning(note)
@@ -274,4 +266,6 @@ def build() -> None:
         concurrency_id=CORES,
     )
     for selector in (layer, head):
-        selector.change(attention_figure, [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)
+        selector.change(
+            shows_errors(attention_figure), [state, layer, head], plot, api_visibility="private", concurrency_id=CORES
+        )

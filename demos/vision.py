@@ -28,13 +28,16 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from demos.common import (
     CORES,
     AttentionView,
-    MissingCheckpoint,
     UserError,
     checkpoint_config,
     get_model,
     has_checkpoint,
     missing_message,
+    parse_selector,
+    shows_errors,
 )
+from demos.common import selector_choices as selector_choices_for
+from demos.plots import overlay
 from demos.tools import examples_that_run
 from models.attention_data import Attention
 
@@ -279,19 +282,6 @@ def cls_attention_map(result: ImageResult, layer: int | None = None, head: int |
     return maps.mean(0) if head is None else maps[head]
 
 
-def overlay(picture: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Blend a (grid, grid) map, scaled to its own maximum and coloured, over a square picture.
-    Each patch stays one flat block: the model has one value per patch, no finer."""
-    from matplotlib import colormaps
-
-    size = picture.shape[0]
-    scaled = heat / heat.max() if heat.max() > 0 else heat
-    rows, cols = (np.arange(size) * n // size for n in heat.shape)  # pixel -> its patch
-    block = scaled[rows][:, cols]
-    colour = colormaps["inferno"](block)[..., :3] * 255
-    return ((1 - alpha) * picture + alpha * colour).astype(np.uint8)
-
-
 def enlarge(view: np.ndarray, size: int = DISPLAY) -> np.ndarray:
     """The 32x32 model view at display size, nearest neighbour so its pixels stay visible."""
     return np.asarray(Image.fromarray(view).resize((size, size), Image.Resampling.NEAREST))
@@ -394,23 +384,12 @@ def _payload_source(payload) -> str | bytes | np.ndarray | Image.Image:
     return payload
 
 
-def _choice(name: str, what: str, count: int) -> int | None:
-    """'average' -> None, 'layer 3' / 'head 3' -> index 2; a name that is not one of the choices
-    (possible through the API) is a BadImage whose message lists them."""
-    if name == "average":
-        return None
-    number = str(name).split()[-1] if str(name).split() else ""
-    if not number.isdigit() or not 1 <= int(number) <= count:
-        raise BadImage(f"The {what} must be 'average' or '{what} 1' to '{what} {count}', not {name!r}.")
-    return int(number) - 1
-
-
 def pick_map(result: ImageResult | None, layer_name: str, head_name: str) -> np.ndarray | None:
     """The CLS-attention picture for the chosen layer and head (from the kept result, no rerun)."""
     if result is None:
         return None
     layers, heads = result.cls_attention.shape[:2]
-    layer, head = _choice(layer_name, "layer", layers), _choice(head_name, "head", heads)
+    layer, head = parse_selector(layer_name, layers, "layer"), parse_selector(head_name, heads, "head")
     return overlay(result.display, cls_attention_map(result, layer, head))
 
 
@@ -425,7 +404,7 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
     try:
         result = classify_image(_payload_source(payload), MODELS[model_name])
         chosen = pick_map(result, layer_name, head_name)
-    except (BadImage, MissingCheckpoint, PretrainedUnavailable) as err:
+    except UserError as err:  # BadImage, MissingCheckpoint, PretrainedUnavailable, a bad layer/head
         raise gr.Error(str(err)) from None
     for note in result.notes:
         gr.Warning(note)
@@ -439,11 +418,9 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
 
 
 def selector_choices(model_name: str, ours: tuple[int, int]) -> tuple[list[str], list[str]]:
-    """The layer and head dropdowns' choices for a model ('average' first)."""
+    """The layer and head dropdowns' choices for a model: "average", "1", "2", ... (demos.common)."""
     layers, heads = ours if MODELS.get(model_name) == "ours" else IMAGENET_SHAPE
-    layer_names = [f"layer {i + 1}" for i in range(layers)]
-    head_names = [f"head {i + 1}" for i in range(heads)]
-    return ["average", *layer_names], ["average", *head_names]
+    return selector_choices_for(layers), selector_choices_for(heads)
 
 
 def build() -> None:
@@ -502,7 +479,9 @@ def build() -> None:
     outputs = [label, view, rollout, cls_map, state]
     examples_that_run(example_set, classify_handler, [photo, layer, head, model], outputs, preprocess=False)
     for control in (layer, head):
-        control.change(pick_map, [state, layer, head], cls_map, api_visibility="private", concurrency_id=CORES)
+        control.change(
+            shows_errors(pick_map), [state, layer, head], cls_map, api_visibility="private", concurrency_id=CORES
+        )
 
     def switch_model(model_name: str):
         """Another model: its own layers and heads to choose from, and no stale results."""

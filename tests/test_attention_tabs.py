@@ -17,6 +17,7 @@ from PIL import Image
 from bench import attention as attention_bench
 from demos import attention_lab as lab
 from demos import attention_maps as maps
+from demos import efficiency, lab_figures
 from demos import model_view as mv
 from demos.common import MissingCheckpoint
 from demos.plots import attention_heatmap, char_label, plot_labels
@@ -263,13 +264,13 @@ def test_mask_entries_are_minus_infinity_where_attention_is_forbidden():
     expected[:, t:] = True  # every query ignores the padding keys, and only them
     assert all(torch.equal(f, expected) for f in forbidden)
     assert not torch.isinf(lab.attention_lab(text, "random", "none").masked_scores).any()
-    fig = lab.matrix_figure(padded.masked_scores[0], padded.labels, padded.labels, "masked")
+    fig = lab_figures.matrix_figure(padded.masked_scores[0], padded.labels, padded.labels, "masked")
     assert fig.data[0].text[0][-1] == "-∞" and math.isnan(fig.data[0].z[0][-1])
 
 
 def test_lab_step_figures_show_the_chosen_head(with_all):
     r = lab.attention_lab("the cat sat", "random", "causal", head=3)
-    figs = lab.step_figures(r)
+    figs = lab_figures.step_figures(r)
     np.testing.assert_allclose(figs["weights"].data[0].z, r.weights[2].numpy())
     assert list(figs["scores"].data[0].y) == r.labels
     assert len(figs["heads"].data) == lab.RANDOM_HEADS
@@ -278,19 +279,19 @@ def test_lab_step_figures_show_the_chosen_head(with_all):
 
 
 def test_positional_and_schedule_views():
-    pe, sim = lab.positional_figures(20, 16)
+    pe, sim = efficiency.positional_figures(20, 16)
     table = sinusoidal_table(20, 16).double()
     np.testing.assert_allclose(pe.data[0].z, table.numpy())
     np.testing.assert_allclose(sim.data[0].z, (table @ table.T).numpy())
     # PE(i).PE(j) = sum_k cos(w_k (i - j)): it depends on the distance only
     s = np.asarray(sim.data[0].z)
     np.testing.assert_allclose(s[3, 7], s[10, 14], atol=1e-9)
-    fig = lab.schedule_figure(64, 100, 1000)
+    fig = efficiency.schedule_figure(64, 100, 1000)
     x, y = np.asarray(fig.data[0].x), np.asarray(fig.data[0].y)
     assert y.max() == pytest.approx(noam_lr(100, 64, 100), rel=0.02)
     assert x[y.argmax()] == pytest.approx(100, abs=5)
     with pytest.raises(ValueError):
-        lab.schedule_figure(64, 0, 100)
+        efficiency.schedule_figure(64, 0, 100)
 
 
 def test_efficiency_view_reads_stored_results_and_measures_live(tmp_path):
@@ -300,11 +301,11 @@ def test_efficiency_view_reads_stored_results_and_measures_live(tmp_path):
         for n in (64, 128)
     ]
     (tmp_path / "attention_test.json").write_text(json.dumps({"device": "cpu", "threads": 1, "points": points}))
-    stored = attention_bench.load_results(tmp_path)
+    stored = efficiency.load_results(tmp_path)  # the app's reader: JSON files, no bench import
     assert stored[0]["name"] == "test"
-    live = lab.measure_live(sizes=(64,), repeats=1)
+    live = efficiency.measure_live(sizes=(64,), repeats=1)
     assert {p["kind"] for p in live} == set(attention_bench.KINDS) and all(p["time_ms"] > 0 for p in live)
-    fig = lab.efficiency_figure(live, stored)
+    fig = efficiency.efficiency_figure(live, stored)
     names = {t.name for t in fig.data}
     assert "explicit, live CPU, now" in names and "explicit, test: cpu, 1 thread, wall time" in names
 
@@ -500,3 +501,13 @@ def test_imagenet_choice_is_offered_only_when_it_can_work(with_all, monkeypatch)
     assert "not offered here" in notes
     monkeypatch.setattr(vision, "weights_cached", lambda name: True)
     assert vision.pretrained_unavailable() is None
+
+
+def test_the_app_imports_no_bench_code():
+    """The efficiency view reads bench/results/*.json as data; building the app loads no bench module."""
+    import subprocess
+    import sys
+
+    code = "import sys, app; app.build_app(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'bench'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
