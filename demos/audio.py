@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
+from demos.limits import InputRefused, read_audio_file
 from demos.tools import examples_that_run
 from models.attention_data import Attention
 from models.audio import RoutineNote, log_mel, prepare_waveform
 
 TITLE = "Audio"
 TASK = "audio"
-MAX_READ_SECONDS = 600  # longer files: only the first ten minutes are read
 
 
 class BadAudio(UserError):
@@ -47,30 +47,17 @@ class AudioResult:
 
 
 def read_audio(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
-    """An audio file -> (sample rate, float32 (samples, channels), notes). Raises BadAudio."""
-    import soundfile as sf
+    """An audio file -> (sample rate, float32 mono samples, notes). Raises BadAudio.
 
+    demos.limits.read_audio_file decides from the header how much to decode (a file's cost is
+    bounded by what the model can use, not by what its header claims)."""
     path = Path(path)
     if not path.is_file():
         raise BadAudio(f"No such file: {path.name}.")
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise BadAudio(
-            f"{path.name} is not an audio file that can be read (try WAV, FLAC or OGG; MP3 may also work)."
-        ) from err
-    notes = []
-    frames = info.frames
-    if info.samplerate and frames > MAX_READ_SECONDS * info.samplerate:
-        frames = int(MAX_READ_SECONDS * info.samplerate)
-        notes.append(
-            f"The file lasts {info.duration / 60:.0f} minutes; only its first {MAX_READ_SECONDS // 60} were read."
-        )
-    try:
-        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise BadAudio(f"{path.name} is damaged or incomplete and could not be decoded.") from err
-    return int(rate), data, notes
+        return read_audio_file(path)
+    except InputRefused as err:
+        raise BadAudio(str(err)) from None
 
 
 def classify_audio(audio) -> AudioResult:

@@ -37,7 +37,8 @@ MAX_MAGNITUDE = 1e15  # a number beyond this is nobody's setting (and 10**400 ov
 MAX_PER_CLIENT = 4  # requests one visitor may have waiting or running at once
 UNHEARD_AFTER_S = 5.0  # a queued request whose session has not listened for this long is dropped
 SESSIONS_KEPT = 256  # per-session state (gr.State) of at most this many sessions; the oldest go first
-CACHE_CLEANUP = (300, 900)  # every 5 minutes, delete uploads and outputs older than 15 minutes
+# every 5 minutes, delete uploads and outputs older than 15 minutes ($PLAYGROUND_CACHE_CLEANUP="300,900")
+CACHE_CLEANUP = tuple(int(v) for v in os.environ.get("PLAYGROUND_CACHE_CLEANUP", "300,900").split(","))
 
 NOT_UPLOADED = "That file was not uploaded to this app. Upload it first (gradio_client: handle_file(path))."
 
@@ -135,26 +136,64 @@ def check_file(value, name: str):
     return value
 
 
-def check_inputs(components, inputs: list) -> list:
-    """Raw event inputs (as the client sent them) -> the same list with switches as booleans.
-    Raises InputRefused naming the first value that is refused."""
+def input_checks(fn) -> list:
+    """One check per input of an event (a gradio BlockFunction), from its components, or for a
+    `gr.api` function (whose inputs are bare `Api` components) from its type hints."""
+    import typing
+
     import gradio as gr
 
-    checked = list(inputs)
-    for i, (component, value) in enumerate(zip(components, inputs, strict=False)):
+    hints, names = {}, []
+    if any(type(c).__name__ == "Api" for c in fn.inputs):
+        try:
+            hints = typing.get_type_hints(inspect_target(fn.fn))
+        except Exception:  # noqa: BLE001 - no usable hints: the function checks its own values
+            hints = {}
+        names = [n for n in inspect_parameters(fn.fn) if n != "return"]
+    checks = []
+    for i, component in enumerate(fn.inputs):
         name = short_label(component)
-        if isinstance(component, gr.State):
-            continue
         if isinstance(component, gr.Checkbox):
-            checked[i] = check_bool(value, name)
+            checks.append((check_bool, name))
         elif isinstance(component, (gr.Number, gr.Slider)):
-            checked[i] = check_number(value, name)
+            checks.append((check_number, name))
         elif isinstance(component, (gr.Dropdown, gr.Radio)):
-            checked[i] = check_choice(value, name, getattr(component, "multiselect", False))
+            multi = bool(getattr(component, "multiselect", False))
+            checks.append((lambda v, n, multi=multi: check_choice(v, n, multi), name))
         elif isinstance(component, gr.Textbox):
-            checked[i] = check_text(value, name)
+            checks.append((check_text, name))
         elif isinstance(component, (gr.Image, gr.Audio, gr.File, gr.Video)):
-            checked[i] = check_file(value, name)
+            checks.append((check_file, name))
+        elif type(component).__name__ == "Api" and i < len(names):
+            hint = hints.get(names[i])
+            kind = getattr(hint, "__name__", str(hint))
+            check = {"str": check_text, "int": check_number, "float": check_number, "bool": check_bool}.get(kind)
+            checks.append((check_file if kind == "FileData" else check, names[i]))
+        else:
+            checks.append((None, name))  # gr.State and the like: nothing the client sends
+    return checks
+
+
+def inspect_target(fn):
+    """The function behind decorators that used functools.wraps."""
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
+
+
+def inspect_parameters(fn) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(inspect_target(fn)).parameters)
+
+
+def check_inputs(checks: list, inputs: list) -> list:
+    """Raw event inputs (as the client sent them) -> the same list with switches as booleans.
+    Raises InputRefused naming the first value that is refused."""
+    checked = list(inputs)
+    for i, ((check, name), value) in enumerate(zip(checks, inputs, strict=False)):
+        if check is not None:
+            checked[i] = check(value, name)
     return checked
 
 
@@ -195,7 +234,7 @@ def _listener(scope) -> str | None:
 
         query = parse_qs(scope.get("query_string", b"").decode(errors="replace"))
         return (query.get("session_hash") or [None])[0]
-    if "/call/" in path:
+    if "/call/" in path or "/heartbeat/" in path:  # a browser or gradio_client keeps a heartbeat open
         return path.rstrip("/").rsplit("/", 1)[-1]
     return None
 
@@ -222,19 +261,25 @@ class Gatekeeper:
             LISTENING[listener] += 1
             HEARD[listener] = time.monotonic()
         received = 0
-        started = False
+        too_large = started = False
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    too_large = True
                     raise BodyTooLarge
             return message
 
         async def watched_send(message):
             nonlocal started
+            if too_large:  # the app caught BodyTooLarge and answers something else: say what happened
+                if not started:
+                    started = True
+                    await self._refuse(send, limit)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -371,13 +416,16 @@ def protect(demo) -> None:
     demo.delete_cache = CACHE_CLEANUP
     FairQueue(demo._queue)
     process_api = demo.process_api
+    checks: dict = {}  # BlockFunction -> its input checks
 
     async def checked_process_api(block_fn, inputs, *args, **kwargs):
         import gradio as gr
 
         fn = demo.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        if fn not in checks:
+            checks[fn] = input_checks(fn)
         try:
-            inputs = check_inputs(fn.inputs, inputs)
+            inputs = check_inputs(checks[fn], inputs)
         except InputRefused as err:
             raise gr.Error(str(err)) from None
         return await process_api(block_fn, inputs, *args, **kwargs)
@@ -536,15 +584,29 @@ def read_audio_file(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
         )
     mono = np.empty(wanted, dtype=np.float32)
     filled = 0
-    block = max(1, DECODE_BLOCK_SAMPLES // channels)
+    block = np.empty((max(1, min(wanted, DECODE_BLOCK_SAMPLES // channels)), channels), dtype=np.float32)
     try:
         with sf.SoundFile(str(path)) as f:
             while filled < wanted:
-                data = f.read(min(block, wanted - filled), dtype="float32", always_2d=True)
-                if len(data) == 0:  # the header promised more than the file holds
+                out = block[: min(len(block), wanted - filled)]
+                out.fill(np.nan)
+                try:
+                    n = len(f.read(len(out), dtype="float32", always_2d=True, out=out))
+                except (sf.LibsndfileError, RuntimeError):
+                    # a file shorter than its header says: soundfile raises after decoding what
+                    # there is (seeking past the end), so keep the rows it wrote (NaN marks the rest)
+                    finite = np.flatnonzero(np.isfinite(out).any(axis=1))
+                    if filled == 0 and finite.size == 0:
+                        raise
+                    n = int(finite[-1]) + 1 if finite.size else 0
+                    wanted = filled + n
+                    notes.append(
+                        f"{name} ends before its header says; the {(filled + n) / rate:.1f} s it holds were read."
+                    )
+                if n == 0:
                     break
-                mono[filled : filled + len(data)] = data.mean(axis=1) if channels > 1 else data[:, 0]
-                filled += len(data)
+                mono[filled : filled + n] = out[:n].mean(axis=1) if channels > 1 else out[:n, 0]
+                filled += n
     except (sf.LibsndfileError, RuntimeError) as err:
         raise InputRefused(f"{name} is damaged or incomplete and could not be decoded.") from err
     if channels > 1:

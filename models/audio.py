@@ -12,6 +12,7 @@ Training runs its augmented clips through the same function, so both sides see t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -260,6 +261,27 @@ def loudest_window(x: np.ndarray, sample_rate: int, seconds: float) -> tuple[int
     return start, min(len(x), start + int(seconds * sample_rate))
 
 
+MAX_FILTER_BANK = 200_000  # elements of the polyphase filter bank (numerator x denominator of the ratio)
+
+
+def resample(waveform: Tensor, orig_rate: int, new_rate: int) -> Tensor:
+    """Polyphase resampling (torchaudio's windowed sinc) whose cost does not depend on the rate's
+    factors.
+
+    The filter bank has new/g phases of about orig/g taps each (g = gcd of the rates): 44100 Hz to
+    8 kHz is 80 x 441, but 44101 Hz shares no factor with 8000, and its 8000 x 44101 bank took
+    gigabytes and half a minute. Such a ratio is replaced by the nearest fraction whose bank stays
+    under MAX_FILTER_BANK elements: a speed (pitch) error of about 0.01% at most, which no one can hear."""
+    ratio = Fraction(int(orig_rate), int(new_rate))
+    for limit in (ratio.denominator, 400, 200, 100, 50, 20, 10, 5, 2, 1):
+        approx = ratio.limit_denominator(limit)
+        if approx.numerator * approx.denominator <= MAX_FILTER_BANK:
+            break
+    if approx == 1:
+        return waveform
+    return torchaudio.functional.resample(waveform, approx.numerator, approx.denominator)
+
+
 def prepare_waveform(
     samples: np.ndarray, sample_rate: int, config: AudioConfig | None = None
 ) -> tuple[Tensor, list[str]]:
@@ -294,7 +316,7 @@ def prepare_waveform(
         notes.append(f"The sound is only {1000 * len(x) / sample_rate:.0f} ms long; a spoken digit takes 0.3 to 1 s.")
     waveform = torch.from_numpy(np.ascontiguousarray(x))
     if sample_rate != c.sample_rate:
-        waveform = torchaudio.functional.resample(waveform, sample_rate, c.sample_rate)
+        waveform = resample(waveform, sample_rate, c.sample_rate)
         notes.append(f"Resampled from {sample_rate} Hz to {c.sample_rate} Hz.")
     rms = waveform.pow(2).mean().sqrt().clamp_min(1e-8)
     waveform = waveform * (10 ** (TARGET_RMS_DB / 20) / rms)
