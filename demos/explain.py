@@ -41,13 +41,14 @@ class RecordingDecoder:
         self.model = model
         self.context_len = model.context_len
         self.rolling_cache = model.rolling_cache
+        self.receptive_field = getattr(model, "receptive_field", model.context_len)
         self.logits: list[Tensor] = []
 
     def new_cache(self) -> DecoderCache:
         return self.model.new_cache()
 
-    def step(self, tokens: Tensor, cache: DecoderCache | None) -> Tensor:
-        logits = self.model.step(tokens, cache)
+    def step(self, tokens: Tensor, cache: DecoderCache | None, **position) -> Tensor:
+        logits = self.model.step(tokens, cache, **position)
         self.logits.append(logits[:, -1])
         return logits
 
@@ -131,13 +132,18 @@ def check_index(index, count: int) -> int:
 
 @torch.inference_mode()
 def character_attention(explanation: Explanation, index: int) -> tuple[Tensor, list[str]]:
-    """(layers, heads, keys) attention of the position that produced character `index`, over the
-    context it saw (the last context_len tokens), and those tokens' labels."""
+    """(layers, heads, keys) attention of the position that produced character `index` over the
+    keys it could see (the last context_len tokens), and those tokens' labels.
+
+    Past the context a RoPE GPT attends through a sliding window in every layer, so the whole text
+    goes through the model (as the sampler's cache saw it); other models see the last context_len."""
     model, tokenizer = get_model(generation.TASK)
-    window = (explanation.prompt_ids + explanation.ids[:index])[-model.context_len :]
-    out = model(torch.tensor([window]), need_weights=True)
-    weights = torch.stack([layer["self"][0, :, -1] for layer in out.attentions])
-    return weights, [char_label(tokenizer.chars[i]) for i in window]
+    text = explanation.prompt_ids + explanation.ids[:index]
+    seen = text if model.rolling_cache else text[-model.context_len :]
+    out = model(torch.tensor([seen]), need_weights=True)
+    keys = min(len(seen), model.context_len)
+    weights = torch.stack([layer["self"][0, :, -1, -keys:] for layer in out.attentions])
+    return weights, [char_label(tokenizer.chars[i]) for i in seen[-keys:]]
 
 
 @dataclass
@@ -163,7 +169,7 @@ def explain_character(explanation: Explanation, index) -> CharacterView:
     if chosen not in order:
         order.append(chosen)
     series = [("T = 1", plain), (f"T = {explanation.temperature:g}", tempered), ("after the cut: drawn from", probs)]
-    title = f"Character {i} (`{label(chosen)}`): the distribution it was drawn from"
+    title = f"Character {i} ({label(chosen)}): what it was drawn from (red: the one drawn)"
     distribution = views.probability_figure(series, label, title, highlight=chosen, order=order)
     weights, keys = character_attention(explanation, i)
     mean = weights.mean(1).numpy()  # heads averaged, per layer
@@ -239,7 +245,9 @@ def build(temperature, top_k, top_p, seed) -> None:
         prompt = gr.Textbox(value="ROMEO:\n", lines=2, label="Prompt to continue", scale=3)
         max_new = gr.Slider(1, MAX_EXPLAINED, value=120, step=1, label="New characters", scale=2)
     run = gr.Button("Generate and explain", variant="primary")
-    text = gr.HighlightedText(label="Generated text (colour: probability of the picked character)", show_legend=True)
+    text = gr.HighlightedText(
+        label="Generated text (the redder, the more probable the picked character was)", show_legend=False
+    )
     about = gr.Markdown()
     index = gr.Number(value=0, precision=0, label="Character (0 = the first generated)")
     detail = gr.Markdown()

@@ -209,10 +209,13 @@ def render_step(walk: Walkthrough, step) -> tuple[str, str, object]:
 
 def summary_markdown(walk: Walkthrough) -> str:
     at = walk.labels[walk.position]
-    nxt = "the end of the text" if walk.next_token is None else f"`{walk.label(walk.next_token)}`"
+    if walk.next_token is None:
+        nxt = "it is the last one, so what follows is the model's own guess"
+    else:
+        nxt = f"the text goes on with `{walk.label(walk.next_token)}`"
     lines = [
         f"Position **{walk.position}** (`{at}`) of {len(walk.labels)}: the model predicts the token after it "
-        f"(in the text: {nxt}). {walk.trace.n_layers} layers, d_model {walk.trace.embedded.size(-1)}."
+        f"({nxt}). {walk.trace.n_layers} layers, d_model {walk.trace.embedded.size(-1)}."
     ]
     if walk.source_labels is not None:
         lines.append("Decoder input (the greedy translation): " + " ".join(f"`{t}`" for t in walk.labels))

@@ -221,10 +221,13 @@ def _cut(walk: Walkthrough, step: views.Step):
 
 def _sample(walk: Walkthrough, step: views.Step):
     drawn = walk.sampled
-    real = "the end of the sequence" if walk.next_token is None else f"`{walk.label(walk.next_token)}`"
+    if walk.next_token is None:
+        real = "This was the last position: the drawn token is where the text would go on."
+    else:
+        real = f"In the text, `{walk.label(walk.next_token)}` comes next."
     text = (
         f"### {step.title}\nmodels.decoding.sample, seeded with {walk.seed}, drew **`{walk.label(drawn)}`** "
-        f"(probability {float(walk.probs[drawn]):.1%}). In the text, {real} comes next. The drawn token is appended "
+        f"(probability {float(walk.probs[drawn]):.1%}). {real} The drawn token is appended "
         "and the whole pass runs again for the next position (with a KV cache, only for the new token)."
     )
     fig = views.probability_figure([("probability", walk.probs)], walk.label, "The draw", highlight=drawn)

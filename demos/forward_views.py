@@ -106,10 +106,14 @@ def diagram_html(trace: ForwardTrace, steps: list[Step], index: int) -> str:
     row, width, box_w, left = 30, 330, 230, 60
     mid = left + box_w / 2
     block = [k for k, (box, _, _) in enumerate(boxes) if len(box) == 2]
-    top = 30
-    height = top + row * len(boxes) + 30
+    top, gap = 30, 24  # room above and below the block's frame for its label
+
+    def _y(k: int) -> int:
+        return top + row * k + gap * (k >= block[0]) + gap * (k > block[-1])
+
+    height = _y(len(boxes) - 1) + row + 10
     parts = [f'<svg viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" role="img">']
-    y0, y1 = top + row * block[0] - 6, top + row * (block[-1] + 1) - 2
+    y0, y1 = _y(block[0]) - 8, _y(block[-1]) + row + 2
     where = f"layer {step.layer + 1} of {trace.n_layers}" if step.layer is not None else f"× {trace.n_layers} layers"
     parts.append(
         f'<rect x="{left - 34}" y="{y0}" width="{box_w + 62}" height="{y1 - y0}" rx="8" fill="none" '
@@ -120,7 +124,7 @@ def diagram_html(trace: ForwardTrace, steps: list[Step], index: int) -> str:
     parts.append(f'<line x1="{left - 16}" y1="{y0}" x2="{left - 16}" y2="{y1}" stroke="#b33" stroke-width="2"/>')
     current = _box_id(step)
     for k, (box, label, colour) in enumerate(boxes):
-        y = top + row * k
+        y = _y(k)
         lit = box == current
         stroke, sw, weight = ("#d62728", 3, "bold") if lit else ("#7a7f93", 1, "normal")
         if colour == "add":
@@ -134,7 +138,7 @@ def diagram_html(trace: ForwardTrace, steps: list[Step], index: int) -> str:
             f'font-weight="{weight}" fill="#1f2330">{html.escape(label)}</text>'
         )
         if k < len(boxes) - 1:
-            parts.append(f'<line x1="{mid}" y1="{y + row - 8}" x2="{mid}" y2="{y + row}" stroke="#7a7f93"/>')
+            parts.append(f'<line x1="{mid}" y1="{y + row - 8}" x2="{mid}" y2="{_y(k + 1)}" stroke="#7a7f93"/>')
         if lit:
             parts.append(f'<text x="{left + box_w + 6}" y="{y + 16}" font-size="14" fill="#d62728">◀</text>')
     parts.append("</svg>")

@@ -181,6 +181,23 @@ def test_every_generated_character_has_the_samplers_distribution():
 
 
 @needs_generation
+def test_characters_past_the_context_are_explained_by_the_cached_run():
+    """Past 128 characters the sampler's KV cache slides; its logits still equal the model's
+    forward over the whole text (a RoPE GPT reads it through the sliding window), and the
+    attention shown covers exactly the last context_len keys."""
+    model, _ = get_model("generation")
+    explanation = explain.explain_generation("ROMEO:\n" + "O " * 60, 80, 1.0, 0, 1.0, 4)
+    text = explanation.prompt_ids + explanation.ids
+    last = len(explanation.ids) - 1
+    assert len(text) - 1 > model.context_len
+    logits = model(torch.tensor([text[:-1]])).logits[0, -1]
+    torch.testing.assert_close(explanation.probs[last], filter_logits(logits, 1.0), atol=1e-4, rtol=0)
+    weights, keys = explain.character_attention(explanation, last)
+    assert weights.shape[-1] == len(keys) == model.context_len
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
+
+
+@needs_generation
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -275,3 +292,43 @@ def test_explain_generation_endpoints(client):
         client.predict(*settings, 40, api_name="/explain_character")
     with pytest.raises(Exception, match="seed must be a whole number"):
         client.predict("ROMEO", 10, 0.8, 0, 1.0, 1.5, api_name="/explain_generation")
+
+
+@pytest.fixture(scope="module")
+def browser_tab():
+    """test_browser.py's Chromium set-up (imported here: that module skips itself without Chromium)."""
+    if not (has_checkpoint("generation") and has_checkpoint("translation")):
+        pytest.skip("needs the shipped generation and translation checkpoints")
+    from tests import test_browser as setup
+
+    with (
+        AppServer() as server,
+        setup.sync_api.sync_playwright() as playwright,
+        setup.browser_page(playwright, server.url) as page,
+    ):
+        yield page, setup
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_steps_through_the_block_and_clicks_a_generated_character(browser_tab):
+    page, setup = browser_tab
+    panel = setup.open_tab(page, fp.TITLE)
+    diagram = panel.locator(".forward-diagram")
+    diagram.get_by_text("Step 1 of 34").wait_for()
+    panel.get_by_role("button", name="Next step ▶").click()
+    diagram.get_by_text("Step 2 of 34: Layer 1: LayerNorm").wait_for()
+    panel.get_by_role("button", name="Next step ▶").click()
+    diagram.get_by_text("Step 3 of 34: Layer 1: Q, K, V").wait_for()
+    panel.get_by_text("RoPE").first.wait_for()
+    setup.screenshot(page, "forward_pass")
+    panel.get_by_role("button", name="Generate and explain").click()
+    characters = panel.get_by_test_id("highlighted-text:textfield").locator(".token-container")
+    characters.nth(20).wait_for()
+    expected = explain.explain_generation("ROMEO:\n", 120, 0.8, 0, 1.0, 0)  # the section's defaults
+    assert characters.count() == len(expected.chars)
+    assert characters.nth(12).inner_text() == expected.chars[12]
+    characters.nth(12).click()
+    detail = panel.locator("p").filter(has_text="Character 12:")
+    detail.wait_for()
+    assert f"{expected.chosen[12]:.1%}" in detail.inner_text()
