@@ -67,7 +67,7 @@ MODELS: tuple[Model, ...] = (
 )
 
 # Tabs after the models' own: they look into the models above.
-TOOLS: tuple[str, ...] = ("demos.attention_maps", "demos.attention_lab")
+TOOLS: tuple[str, ...] = ("demos.attention_maps", "demos.attention_lab", "demos.forward_pass")
 
 for _model in MODELS:
     if _model.input not in INPUTS:
