@@ -600,6 +600,7 @@ def read_audio_file(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
                         raise
                     n = int(finite[-1]) + 1 if finite.size else 0
                     wanted = filled + n
+                    notes = [note for note in notes if not note.startswith("The file lasts")]  # it does not
                     notes.append(
                         f"{name} ends before its header says; the {(filled + n) / rate:.1f} s it holds were read."
                     )
