@@ -3,7 +3,7 @@ five (training.train with `holdout_speaker`) and score all 500 clips of the held
 (training.audio.evaluate). Users' voices are not in the dataset: this is the honest estimate of
 how the Audio tab does on a new voice.
 
-    python -m bench.audio_loso --data-dir ../shared/data                        # 6 folds, cpu config
+    python -m bench.audio_loso --data-dir DATA                        # 6 folds, cpu config
     python -m bench.audio_loso --speakers theo --set max_time_s=300             # one shorter fold
     python -m bench.audio_loso --config training/configs/audio-gpu.yaml         # on the GPU
 

@@ -1,4 +1,4 @@
-"""Attention Lab tab: the notes' attention, step by step, with real numbers and small matrices.
+"""Attention Lab tab: the attention formula (docs/concepts.md), step by step, with real numbers and small matrices.
 
 For a short text: embeddings plus positional encoding; Q = XW_Q, K = XW_K, V = XW_V; scores QK^T;
 scaling by sqrt(d_k) (switch it off to watch the softmax saturate); the mask with its -inf
@@ -148,7 +148,7 @@ def _model_layer(source: str) -> LabLayer:
 
 def _random_layer() -> LabLayer:
     """Each word's embedding is random but fixed (seeded by the word), the weights are
-    N(0, 1/d_model): scores then have a variance that grows with d_k, as the notes describe, so
+    N(0, 1/d_model): scores then have a variance that grows with d_k, as docs/concepts.md explains, so
     the unscaled softmax visibly saturates."""
     d = RANDOM_D_MODEL
     generator = torch.Generator().manual_seed(RANDOM_SEED)
@@ -386,7 +386,7 @@ def build() -> None:
     sources = available_sources()
     default = default_source()
     gr.Markdown(
-        "The attention formula of the notes, **softmax(QKᵀ/√d_k)·V**, on your text, with the real weights "
+        "The attention formula, **softmax(QKᵀ/√d_k)·V**, on your text, with the real weights "
         "of a layer. Wide matrices show their first columns; hover for values. "
         + ("" if len(sources) == 3 else "Without the generation/translation checkpoints only the random layer is here.")
     )

@@ -65,7 +65,7 @@ def _dims(n: int, prefix: str) -> list[str]:
 
 
 def step_figures(r: LabResult) -> dict[str, go.Figure]:
-    """One small figure per step of the notes, for head r.head."""
+    """One small figure per step of the attention formula (docs/concepts.md), for head r.head."""
     h, labels = r.head, r.labels
     d, d_k = r.x.size(-1), r.q.size(-1)
     cut = f" (first {SHOW_DIMS} of {d} dims)" if d > SHOW_DIMS else ""

@@ -3,7 +3,7 @@
 Works with any `Decoder`: an object with `step(tokens, cache) -> logits (batch, T, vocab)`,
 `new_cache()`, `context_len` and `rolling_cache` (GPT itself, or EncoderDecoder.target_decoder).
 With a cache only the new token goes through the model; without one everything the next token
-depends on is recomputed at every step, as the notes' naive loop does. Both compute the same thing
+depends on is recomputed at every step, as a naive generation loop does (docs/concepts.md). Both compute the same thing
 past the context: a rolling decoder (RoPE) attends through a sliding window of context_len
 positions in every layer, so the next token depends on its `receptive_field` latest tokens, which
 the uncached path recomputes at their own positions; any other decoder crops the text to its last

@@ -1,4 +1,4 @@
-"""The three families of the notes' "Variants & Evolution", built from models/blocks.py:
+"""The three families of transformer (docs/concepts.md), built from models/blocks.py:
 
 - `GPT`: decoder-only, causal self-attention, next-token prediction (text generation);
 - `EncoderDecoder`: the original Transformer (translation);

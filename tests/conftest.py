@@ -10,14 +10,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("PLAYGROUND_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("PLAYGROUND_DATA", ROOT / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data (or $PLAYGROUND_DATA); skips the test where it is absent (CI has it)."""
+    """$PLAYGROUND_DATA (default: data/ in the repository); skips the test where it is absent (CI has it)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"needs the packed datasets at {SHARED_DATA} (../shared/data), which this machine lacks")
+        pytest.skip(f"needs the packed datasets at {SHARED_DATA} ($PLAYGROUND_DATA), which this machine lacks")
     return SHARED_DATA
 
 

@@ -245,7 +245,7 @@ def test_switching_scaling_off_saturates_the_softmax(with_all, source):
     assert torch.all(off.max_weight["unscaled"] >= on.max_weight["scaled"] - 1e-12)
     torch.testing.assert_close(attention_entropy(off.weights), off.entropy["unscaled"])
     torch.testing.assert_close(off.masked_scores, on.masked_scores * math.sqrt(on.q.size(-1)))
-    if source == "random":  # variance ~ d_k: visibly saturated, as the notes say
+    if source == "random":  # variance ~ d_k: visibly saturated, as docs/concepts.md explains
         assert float(off.entropy["unscaled"].mean()) < 0.6 * float(on.entropy["scaled"].mean())
 
 

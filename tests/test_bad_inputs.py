@@ -3,7 +3,7 @@ gradio_client: each bad input gets a sentence that says what is wrong (a gr.Erro
 client raises as AppError with that sentence, or a note/warning beside a result), never a
 traceback or a hang, and the next good request to the same endpoint still works.
 
-The lists follow the tab issues (generation, translation, image, audio), plus the attention
+The lists follow the tabs (generation, translation, image, audio), plus the attention
 tabs, wrong types and an oversized upload."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def lab(text="the cat sat", source="random", mask="causal", scaled=True, head=1)
 
 
 CASES = {
-    # --- Generate (issue 4): empty, too long, unknown characters, absurd sliders through the API
+    # --- Generate: empty, too long, unknown characters, absurd sliders through the API
     "gen-empty-prompt": Case("/generate", generate(""), "prompt is empty", note=True),
     "gen-none-prompt": Case("/generate", generate(None), "prompt is empty", note=True),
     "gen-prompt-over-context": Case("/generate", generate("To be or not. " * 60), "continues from the last", True),
@@ -112,7 +112,7 @@ CASES = {
     "gen-cache-text": Case("/generate", generate(cache="maybe"), "KV cache must be true or false"),
     "next-token-temperature-text": Case("/next_token", ("hi", "abc", 65, 1.0), "Temperature must be a number"),
     "next-token-top-p-text": Case("/next_token", ("hi", 1.0, 65, "x"), "Top-p must be a number"),
-    # --- Translate (issue 5): empty, too long, same languages, emoji/other scripts, long words
+    # --- Translate: empty, too long, same languages, emoji/other scripts, long words
     "tr-empty": Case("/translate", translate(""), "nothing to translate"),
     "tr-whitespace": Case("/translate", translate("   \n\t  "), "nothing to translate"),
     "tr-none": Case("/translate", translate(None), "nothing to translate"),
@@ -128,7 +128,7 @@ CASES = {
     "tr-beam-huge": Case("/translate", translate(beam=99), "[Bb]eam size|greater than maximum value 8"),
     "tr-beam-text": Case("/translate", translate(beam="abc"), "[Bb]eam size must be"),
     "tr-layer-unknown": Case("/translate", translate(layer="7"), "[Ll]ayer.*7|7.*layer|7 is not in the list"),
-    # --- Image (issue 6): not an image, corrupt, huge, tiny, every odd mode, animation
+    # --- Image: not an image, corrupt, huge, tiny, every odd mode, animation
     "img-not-an-image": Case("/classify_image", image("text.png"), "not an image that can be read"),
     "img-empty-file": Case("/classify_image", image("empty.png"), "not an image that can be read"),
     "img-corrupt": Case("/classify_image", image("truncated.png"), "damaged or incomplete"),
@@ -149,7 +149,7 @@ CASES = {
     "img-pretrained-offline": Case(
         "/classify_image", image("good.png", model=vision.IMAGENET), "needs the network once.*works offline"
     ),
-    # --- Audio (issue 7): empty, silence, too long, NaN/inf, not audio, bit depths, channels
+    # --- Audio: empty, silence, too long, NaN/inf, not audio, bit depths, channels
     "audio-not-audio": Case("/classify_audio", audio("text.png"), "not an audio file that can be read"),
     "audio-image-file": Case("/classify_audio", audio("good.png"), "not an audio file that can be read"),
     "audio-zero-length": Case("/classify_audio", audio("empty.wav"), "audio is empty"),

@@ -26,7 +26,7 @@ from tests.app_server import ROOT, AppServer
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
-# ../shared/ENVIRONMENT.md: what Debian's Chromium needs here (no sandbox, no GPU, no network calls)
+# what Debian's Chromium needs here (no sandbox, no GPU, no network calls)
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -1,8 +1,8 @@
 """Spoken digits: the Free Spoken Digit Dataset (FSDD) and the AudioTransformer.
 
-    python -m training.train audio --config training/configs/audio-cpu.yaml --data-dir ../shared/data
+    python -m training.train audio --config training/configs/audio-cpu.yaml --data-dir DATA
     python -m training.train audio --config ... --set holdout_speaker=theo   # leave one speaker out
-    python -m training.evaluate audio --data-dir ../shared/data               # official test split
+    python -m training.evaluate audio --data-dir DATA               # official test split
 
 Splits: the official test set is takes 0-4 of every speaker; takes 5..5+val_takes-1 validate; the
 rest train. With `holdout_speaker`, that speaker's 500 clips are the test set and the other five
@@ -32,7 +32,7 @@ from models.audio import AudioConfig, AudioTransformer, prepare_waveform
 from models.checkpoint import load_model, save_checkpoint
 from training.common import TimedModule, TrainingConfig, download, download_cache
 
-TARGET = ("val_error", 0.01)  # the issue's target: >= 99% accuracy
+TARGET = ("val_error", 0.01)  # the target: >= 99% accuracy
 FSDD_FILE = "fsdd_8k_int16.npz"
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/raw/master/recordings/{digit}_{speaker}_{take}.wav"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")

@@ -1,6 +1,6 @@
 """Score a checkpoint on its task's held-out split; the last line of stdout is one JSON object.
 
-python -m training.evaluate generation --data-dir ../shared/data
+python -m training.evaluate generation --data-dir DATA
 python -m training.evaluate translation --checkpoint checkpoints/translation --limit 100
 """
 

@@ -7,8 +7,8 @@
 - Validation: the loss on a fixed set of random windows (chosen once with `val_seed`), so every
   estimate during training measures the same thing; `evaluate` scores the full validation split.
 
-    python -m training.train generation --config training/configs/generation-gpu.yaml --data-dir ../shared/data
-    python -m training.evaluate generation --data-dir ../shared/data
+    python -m training.train generation --config training/configs/generation-gpu.yaml --data-dir DATA
+    python -m training.evaluate generation --data-dir DATA
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def export(module: GenerationModule, folder: Path, meta: dict) -> None:
 def evaluate(checkpoint: Path, data_dir: Path | None, limit: int | None = None, device: str = "cpu") -> dict:
     """Mean next-character loss over the whole validation split, cut into non-overlapping blocks
     of context_len characters (each block predicts its characters from the block's start, as
-    FINDINGS scored nanoGPT). `limit` keeps only the first `limit` blocks."""
+    nanoGPT's best checkpoint was scored for comparison). `limit` keeps only the first `limit` blocks."""
     model = load_model(checkpoint, device)
     tokenizer = load_tokenizer(checkpoint)
     text = load_text(data_dir)

@@ -1,7 +1,7 @@
 """Image augmentation for a whole batch at once, on the training device.
 
 Small-data ViTs need strong augmentation, and a per-image Python loop on the GPU costs more than
-the model (../shared/FINDINGS.md: the first recipe's step was bound by such overhead). Here every
+the model (an earlier H100 run of a first recipe was bound by such overhead). Here every
 op takes (B, 3, H, W) floats in [0, 1] plus per-image parameters, so one call is a handful of
 batched kernels with static shapes, which `torch.compile` fuses.
 

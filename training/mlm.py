@@ -1,7 +1,7 @@
 """Masked language modelling: a small BERT (models.bert) fills in blanks in Multi30k captions.
 
-    python -m training.train mlm --config training/configs/mlm-cpu.yaml --data-dir ../shared/data
-    python -m training.evaluate mlm --data-dir ../shared/data
+    python -m training.train mlm --config training/configs/mlm-cpu.yaml --data-dir DATA
+    python -m training.evaluate mlm --data-dir DATA
 
 Each caption becomes [CLS] pieces [SEP] in a lower-cased WordPiece vocabulary; every training batch
 is corrupted afresh by BERT's 80/10/10 rule (so each epoch hides different tokens), and the loss is

@@ -1,7 +1,7 @@
 """Train one task's model and export it as a checkpoint folder.
 
     python -m training.train generation --config training/configs/generation-cpu-tiny.yaml
-    python -m training.train vision --config training/configs/vision-gpu.yaml --data-dir ../shared/data
+    python -m training.train vision --config training/configs/vision-gpu.yaml --data-dir DATA
     python -m training.train audio --config ... --devices 2 --strategy ddp      # scale out, Lightning's way
 
 Prints one JSON summary as its last line of stdout.

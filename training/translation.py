@@ -1,7 +1,7 @@
 """Translation: the original Transformer (encoder-decoder) on Multi30k, one model for four directions.
 
-    python -m training.train translation --config training/configs/translation-gpu.yaml --data-dir ../shared/data
-    python -m training.evaluate translation --data-dir ../shared/data [--limit 100]
+    python -m training.train translation --config training/configs/translation-gpu.yaml --data-dir DATA
+    python -m training.evaluate translation --data-dir DATA [--limit 100]
 
 Each training pair is (source ids + </s>, <2xx> + target ids + </s>) for en->de, de->en, en->fr and
 fr->en; batches hold a token budget of similar-length pairs; the loss is label-smoothed

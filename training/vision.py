@@ -1,7 +1,7 @@
 """Image classification: a ViT (models/vision.py) trained from scratch on CIFAR-10.
 
-    python -m training.train vision --config training/configs/vision-gpu.yaml --data-dir ../shared/data
-    python -m training.evaluate vision --data-dir ../shared/data
+    python -m training.train vision --config training/configs/vision-gpu.yaml --data-dir DATA
+    python -m training.evaluate vision --data-dir DATA
 
 Data: the JPEG pack in the data dir is decoded once with Pillow and cached as .npy; the whole set
 then lives on the training device as uint8 tensors and batches are cut by indexing, so loading
@@ -35,7 +35,7 @@ from training.common import TimedModule, TrainingConfig, configure_adamw, downlo
 from training.image_augment import BatchAugment
 
 PACK = "cifar10_jpeg_q75.npz"
-TARGET = ("val_error", 0.06)  # the issue's 94% test accuracy, as a lower-is-better metric
+TARGET = ("val_error", 0.06)  # the target: 94% test accuracy, as a lower-is-better metric
 
 
 @dataclass
