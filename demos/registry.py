@@ -67,7 +67,7 @@ MODELS: tuple[Model, ...] = (
 )
 
 # Tabs after the models' own: they look into the models above.
-TOOLS: tuple[str, ...] = ("demos.attention_maps", "demos.attention_lab", "demos.forward_pass")
+TOOLS: tuple[str, ...] = ("demos.attention_maps", "demos.attention_lab", "demos.forward_pass", "demos.train_live")
 
 for _model in MODELS:
     if _model.input not in INPUTS:
