@@ -440,7 +440,7 @@ def build() -> None:
         "patches the CLS token drew on in the end. For comparison, a ViT pretrained on ImageNet by timm "
         "(1000 classes, 224x224 as 14x14 patches) can be chosen when the machine is online."
     )
-    ours = (c.depth, c.num_heads)
+    ours = (c.n_layers, c.n_heads)
     with gr.Row():
         with gr.Column():
             photo = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=300)

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ def build_model(architecture: str, config: dict | object) -> nn.Module:
     """Build a fresh model from its architecture name and config (dataclass or dict)."""
     model_cls, config_cls = _resolve(architecture)
     if isinstance(config, dict):
-        known = {f.name for f in fields(config_cls)}
+        known = set(inspect.signature(config_cls).parameters)  # fields and init-only (older) names
         config = config_cls(**{k: v for k, v in config.items() if k in known})
     return model_cls(config)
 

@@ -126,6 +126,8 @@ def timm_vit(folder: str | Path):
     info = read_config(folder)
     if info["architecture"] != "vit":
         raise ValueError(f"{folder} holds a {info['architecture']!r} model, not a ViT")
+    from models.vision import ViTConfig
+
     c = info["config"]
     state = {k.removeprefix("vit."): v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     kwargs: dict[str, Any] = {}
@@ -146,9 +148,7 @@ def timm_vit(folder: str | Path):
         ),
         img_size=c["img_size"],
         patch_size=c["patch_size"],
-        embed_dim=c["embed_dim"],
-        depth=c["depth"],
-        num_heads=c["num_heads"],
+        **ViTConfig(**c).timm_size(),  # our size names (or the older timm ones) in timm's words
         mlp_ratio=c["mlp_ratio"],
         num_classes=c["num_classes"],
         **kwargs,

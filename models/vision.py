@@ -13,7 +13,7 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 import torch
@@ -38,11 +38,14 @@ _WEIGHTS_LOCK = threading.Lock()
 
 @dataclass
 class ViTConfig:
+    """Named as every config of this project names a transformer's size (d_model, n_layers,
+    n_heads); `timm_size()` gives timm's names for the same numbers."""
+
     img_size: int = 32
     patch_size: int = 4  # 4 -> an 8x8 grid of 64 patch tokens (+ CLS)
-    embed_dim: int = 192
-    depth: int = 6
-    num_heads: int = 3
+    d_model: int = 192
+    n_layers: int = 6
+    n_heads: int = 3
     mlp_ratio: float = 2.0
     num_classes: int = 10
     drop_path: float = 0.0  # stochastic depth (training only)
@@ -50,6 +53,20 @@ class ViTConfig:
     class_names: list[str] = field(default_factory=lambda: list(CIFAR10_CLASSES))
     mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
+    # timm's names, which configs written before 2026-11-26 (checkpoints/vision/config.json) use:
+    # still accepted, mapped to ours here and nowhere else
+    embed_dim: InitVar[int | None] = None
+    depth: InitVar[int | None] = None
+    num_heads: InitVar[int | None] = None
+
+    def __post_init__(self, embed_dim: int | None, depth: int | None, num_heads: int | None) -> None:
+        self.d_model = self.d_model if embed_dim is None else embed_dim
+        self.n_layers = self.n_layers if depth is None else depth
+        self.n_heads = self.n_heads if num_heads is None else num_heads
+
+    def timm_size(self) -> dict[str, int]:
+        """The size in timm's words (VisionTransformer's keyword arguments)."""
+        return {"embed_dim": self.d_model, "depth": self.n_layers, "num_heads": self.n_heads}
 
     @property
     def grid_size(self) -> int:
@@ -99,9 +116,7 @@ class VisionClassifier(nn.Module, HubMixin):
             img_size=c.img_size,
             patch_size=c.patch_size,
             num_classes=c.num_classes,
-            embed_dim=c.embed_dim,
-            depth=c.depth,
-            num_heads=c.num_heads,
+            **c.timm_size(),
             mlp_ratio=c.mlp_ratio,
             drop_path_rate=c.drop_path,
             global_pool="token",
@@ -164,9 +179,9 @@ def pretrained_imagenet_vit(name: str = PRETRAINED_VIT, weights: bool = True) ->
     config = ViTConfig(
         img_size=data["input_size"][-1],
         patch_size=vit.patch_embed.patch_size[0],
-        embed_dim=vit.embed_dim,
-        depth=len(vit.blocks),
-        num_heads=vit.blocks[0].attn.num_heads,
+        d_model=vit.embed_dim,
+        n_layers=len(vit.blocks),
+        n_heads=vit.blocks[0].attn.num_heads,
         mlp_ratio=vit.blocks[0].mlp.fc1.out_features / vit.embed_dim,
         num_classes=vit.num_classes,
         # WordNet descriptions list synonyms ("tabby, tabby cat"): the first names the class

@@ -365,7 +365,7 @@ def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     model = load_model(out)
-    assert model.config.embed_dim == 32 and model.meta["training"]["steps"] == 3
+    assert model.config.d_model == 32 and model.meta["training"]["steps"] == 3
     assert (tmp_path / "runs" / "vision" / "validation.jsonl").exists()
 
 
@@ -490,7 +490,7 @@ def test_pretrained_wrapper_describes_the_timm_model(imagenet_architecture):
     m = imagenet_architecture
     c = m.config
     assert (c.img_size, c.patch_size, c.grid_size, c.num_classes) == (224, 16, 14, 1000)
-    assert (c.depth, c.num_heads) == tab.IMAGENET_SHAPE  # the tab's selectors offer these
+    assert (c.n_layers, c.n_heads) == tab.IMAGENET_SHAPE  # the tab's selectors offer these
     assert c.class_names[1] == "goldfish" and len(set(c.class_names)) > 990
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
