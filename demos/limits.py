@@ -37,6 +37,7 @@ MAX_MAGNITUDE = 1e15  # a number beyond this is nobody's setting (and 10**400 ov
 MAX_PER_CLIENT = 4  # requests one visitor may have waiting or running at once
 UNHEARD_AFTER_S = 5.0  # a queued request whose session has not listened for this long is dropped
 SESSIONS_KEPT = 256  # per-session state (gr.State) of at most this many sessions; the oldest go first
+STATE_TTL_S = 900  # and a kept result (gr.State) is dropped 15 minutes after it was stored
 # every 5 minutes, delete uploads and outputs older than 15 minutes ($PLAYGROUND_CACHE_CLEANUP="300,900")
 CACHE_CLEANUP = tuple(int(v) for v in os.environ.get("PLAYGROUND_CACHE_CLEANUP", "300,900").split(","))
 
@@ -412,8 +413,13 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def protect(demo) -> None:
     """Install the input checks, the fair queue and the cache cleanup on a built, queued app."""
+    import gradio as gr
+
     limit_malloc_arenas()
     demo.delete_cache = CACHE_CLEANUP
+    for block in demo.blocks.values():
+        if isinstance(block, gr.State) and block.time_to_live is None:
+            block.time_to_live = STATE_TTL_S
     FairQueue(demo._queue)
     process_api = demo.process_api
     checks: dict = {}  # BlockFunction -> its input checks
