@@ -53,6 +53,9 @@ OURS = "Ours: CIFAR-10 ViT trained from scratch (offline)"
 IMAGENET = "timm's ImageNet-pretrained ViT-Tiny (fetched once from the Hugging Face hub)"
 MODELS = {OURS: "ours", IMAGENET: "imagenet"}
 IMAGENET_SHAPE = (12, 3)  # layers, heads of models.vision.PRETRAINED_VIT, for the selectors
+# models.vision.PRETRAINED_VIT, named here too: importing models.vision imports timm (~2 s), which
+# the layout must not wait for (tests/test_hub.py checks that the two agree)
+PRETRAINED_VIT = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 HUB = ("huggingface.co", 443)
 
 
@@ -195,8 +198,6 @@ def weights_cached(name: str) -> bool:
 def pretrained_unavailable(timeout: float = 1.0) -> str | None:
     """Why the ImageNet model cannot be offered here (one sentence), or None when it can: its
     weights are cached, or the hub answers. The tab offers only models that can work."""
-    from models.vision import PRETRAINED_VIT
-
     try:
         if weights_cached(PRETRAINED_VIT) or hub_reachable(timeout):
             return None

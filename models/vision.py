@@ -4,7 +4,8 @@ for CIFAR-10, behind this project's interface (`Output(logits, attentions)`, a c
 An image is cut into patch_size x patch_size patches; each becomes one token, a CLS token is
 prepended, and its final state is classified. `need_weights=True` returns every block's attention
 weights, which timm's fused kernel never materialises: for that one call the fused path is
-switched off and each block's softmax output is caught by a hook (../shared/ENVIRONMENT.md).
+switched off and each block's softmax output is caught by a hook (timm's AttentionExtract sees
+nothing while fused attention is on).
 """
 
 from __future__ import annotations

@@ -329,3 +329,19 @@ def test_every_example_shows_its_result_in_one_click():
         assert run.concurrency_id == CORES and run.api_visibility == "private"
         assert run.fn in buttons, f"{run.name} is not what the tab's button runs"
         assert [c._id for c in run.inputs] == [c._id for c in buttons[run.fn].inputs]
+
+
+def test_the_page_is_built_without_timm():
+    """Start-up stays short (bench/startup.py): laying out the tabs reads configs, it does not
+    import timm (~2 s) or load the ViT; they load after the page answers (app.py)."""
+    import os
+
+    from demos import vision
+    from models.vision import PRETRAINED_VIT
+
+    assert vision.PRETRAINED_VIT == PRETRAINED_VIT
+    code = "import sys, app; app.build_app(); print('timm' in sys.modules)"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "False", "building the page imported timm"
