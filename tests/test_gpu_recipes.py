@@ -17,7 +17,7 @@ from training.common import TrainingConfig, configure_adamw, load_config, no_wei
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "training" / "configs"
-DATA = Path(os.environ.get("PLAYGROUND_DATA", ROOT.parent / "shared" / "data"))
+DATA = Path(os.environ.get("PLAYGROUND_DATA", ROOT / "data"))
 
 
 def _decay_of(optimizer: torch.optim.Optimizer) -> dict[int, float]:
