@@ -226,6 +226,11 @@ def summary_markdown(walk: Walkthrough) -> str:
 def outputs(task, text, direction, position, step, temperature, top_k, top_p, seed) -> tuple:
     """Everything the tab shows for one request (the /forward_pass endpoint)."""
     walk = forward_pass(task, text, position, temperature, top_k, top_p, seed, direction)
+    return walk_outputs(walk, step)
+
+
+def walk_outputs(walk: Walkthrough, step) -> tuple:
+    """(diagram, step text, step figure, residual-stream figure, logit lens, summary) of one walkthrough."""
     diagram, explanation, figure = render_step(walk, step)
     target = walk.next_token
     p = walk.position
@@ -244,9 +249,9 @@ def _on_run(task, text, direction, position, step, temperature, top_k, top_p, se
 
 @shows_errors
 def _on_move(delta, task, text, direction, position, step, temperature, top_k, top_p, seed):
-    count = len(forward_pass(task, text, position, temperature, top_k, top_p, seed, direction).steps)
-    step = min(max(int(step) + delta, 1), count)
-    return (step, *outputs(task, text, direction, position, step, temperature, top_k, top_p, seed))
+    walk = forward_pass(task, text, position, temperature, top_k, top_p, seed, direction)
+    step = min(max(check_step(step, len(walk.steps)) + 1 + delta, 1), len(walk.steps))
+    return (step, *walk_outputs(walk, step))
 
 
 @shows_errors

@@ -79,6 +79,8 @@ def _qkv(walk: Walkthrough, step: views.Step):
     q = sub.q_rotated if sub.q_rotated is not None else sub.q
     cross = sub.kind.startswith("cross")
     rows = [(f"q, head {h + 1}", q[h, p]) for h in range(heads)]
+    if sub.q_rotated is not None:  # the same query before the turn, to compare with the first row
+        rows.insert(0, ("q, head 1, before RoPE", sub.q[0, p]))
     if cross:
         keys = walk.source_labels or []
         rows += [(f"k of `{keys[s]}` (head 1)", sub.k[0, s]) for s in range(min(3, sub.k.size(1)))]

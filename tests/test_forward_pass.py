@@ -134,6 +134,18 @@ def test_every_step_renders_and_the_diagram_lights_one_box():
     assert figure.data[1].x == tuple(hidden.tolist())
 
 
+@needs_generation
+def test_next_and_previous_step_buttons_move_one_step_and_stop_at_the_ends():
+    settings = ("generation", "ROMEO:\nBut soft", "en→de", 4)
+    sampling = (0.8, 0, 1.0, 0)
+    step, diagram, text, *_ = fp._on_move(1, *settings, 3, *sampling)
+    assert step == 4 and "Step <b>4</b> of 34" in diagram and text.startswith("### Layer 1: self-attention")
+    step, diagram, *_ = fp._on_move(-1, *settings, 1, *sampling)
+    assert step == 1 and "Step <b>1</b>" in diagram
+    step, diagram, text, *_ = fp._on_move(1, *settings, 34, *sampling)
+    assert step == 34 and text.startswith("### The sampled token")
+
+
 @needs_translation
 def test_translation_walkthrough_has_cross_attention_over_the_source():
     walk = fp.forward_pass("translation", "A man is riding a bike.", 1, direction="en→de")
