@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
+from demos.common import (
+    CORES,
+    AttentionView,
+    UserError,
+    get_model,
+    has_checkpoint,
+    missing_message,
+    parse_selector,
+    selector_choices,
+    shows_errors,
+)
 from demos.limits import InputRefused, read_audio_file
 from demos.tools import examples_that_run
 from models.attention_data import Attention
@@ -239,18 +249,15 @@ ROLLOUT = "rollout (all layers)"
 MEAN = "mean of heads"
 
 
-def _layer_head(layer_name: str, head_name: str) -> tuple[int | None, int | None]:
-    """'rollout (all layers)' -> None, 'layer 3' -> 2; 'mean of heads' -> None, 'head 2' -> 1."""
-    layer = None if layer_name == ROLLOUT else int(layer_name.split()[-1]) - 1
-    head = None if head_name == MEAN else int(head_name.split()[-1]) - 1
-    return layer, head
-
-
 def redraw(result: AudioResult | None, layer_name: str, head_name: str):
-    """The figure for another layer/head, from the kept result (no rerun of the model)."""
+    """The figure for another layer ('rollout (all layers)' or 1, 2, ...) and head ('mean of
+    heads' or 1, 2, ...), from the kept result (no rerun of the model)."""
     if result is None:
         return None
-    return spectrogram_figure(result, *_layer_head(layer_name, head_name))
+    layers, heads = result.cls_attention.shape[:2]
+    layer = parse_selector(layer_name, layers, "layer", special=(ROLLOUT,))
+    head = parse_selector(head_name, heads, "head", special=(MEAN,))
+    return spectrogram_figure(result, layer, head)
 
 
 def classify_handler(audio, layer_name: str = ROLLOUT, head_name: str = MEAN):
@@ -259,13 +266,14 @@ def classify_handler(audio, layer_name: str = ROLLOUT, head_name: str = MEAN):
 
     try:
         result = classify_audio(audio)
-    except (BadAudio, MissingCheckpoint) as err:
+        figure = redraw(result, layer_name, head_name)
+    except UserError as err:  # BadAudio, MissingCheckpoint, a layer or head that does not exist
         raise gr.Error(str(err)) from None
     for note in result.notes:
         if not isinstance(note, RoutineNote):  # routine steps are listed, not warned
             gr.Warning(note)
     summary = f"Heard {result.duration_s:.2f} s after trimming silence." + "".join(f"\n- {n}" for n in result.notes)
-    return result.top3, redraw(result, layer_name, head_name), summary, result
+    return result.top3, figure, summary, result
 
 
 def build() -> None:
@@ -301,8 +309,9 @@ def build() -> None:
             top3 = gr.Label(num_top_classes=3, label="Top 3 digits")
             notes = gr.Markdown()
     with gr.Row():
-        layer = gr.Dropdown([ROLLOUT] + [f"layer {i + 1}" for i in range(c.n_layers)], value=ROLLOUT, label="Layer")
-        head = gr.Dropdown([MEAN] + [f"head {i + 1}" for i in range(c.n_heads)], value=MEAN, label="Head")
+        # the selector format of every tab (demos.common): a name for the summary, then 1, 2, ...
+        layer = gr.Dropdown(selector_choices(c.n_layers, first=ROLLOUT), value=ROLLOUT, label="Layer")
+        head = gr.Dropdown(selector_choices(c.n_heads, first=MEAN), value=MEAN, label="Head")
     plot = gr.Plot(label="Log-mel spectrogram and CLS attention over time")
     state = gr.State()
 
@@ -315,4 +324,4 @@ def build() -> None:
     )
     examples_that_run(example_set, classify_handler, [audio, layer, head], [top3, plot, notes, state])
     for control in (layer, head):
-        control.change(redraw, [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)
+        control.change(shows_errors(redraw), [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)

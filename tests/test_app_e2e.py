@@ -189,7 +189,7 @@ def test_classify_image(client, image_file):
 
 
 def test_classify_audio(client, audio_file):
-    label, plot, summary = client.predict(handle_file(str(audio_file)), "layer 1", "head 2", api_name="/classify_audio")
+    label, plot, summary = client.predict(handle_file(str(audio_file)), "1", "2", api_name="/classify_audio")
     digits = config("audio")["class_names"]
     confidences = label_confidences(label)
     assert len(confidences) == 3 and confidences[0][0] in digits
