@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
-import plotly.graph_objects as go
 import torch
 from torch import Tensor, nn
 
@@ -35,7 +34,7 @@ from demos.common import (
     listen,
     shows_errors,
 )
-from demos.lab_figures import SATURATION_HEADERS, saturation_table, step_figures
+from demos.lab_figures import SATURATION_HEADERS, STEP_ORDER, empty_figure, lab_summary, saturation_table, step_figures
 from demos.plots import char_label, unique_labels
 from models.analysis import attention_entropy
 from models.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
@@ -307,49 +306,9 @@ def attention_lab(
     )
 
 
-def lab_summary(r: LabResult) -> str:
-    t, d = r.x.shape
-    h, d_k = r.q.shape[0], r.q.shape[-1]
-    lines = [
-        f"**{SOURCES[r.source]}**: {t} tokens, d_model = {d}, {h} heads of d_k = {d_k}.",
-        f"Head {r.head + 1}: entropy {float(r.entropy['scaled'][r.head]):.2f} bits with scaling, "
-        f"{float(r.entropy['unscaled'][r.head]):.2f} bits without (largest weight per row on average "
-        f"{float(r.max_weight['scaled'][r.head]):.2f} vs {float(r.max_weight['unscaled'][r.head]):.2f}): "
-        "without 1/√d_k the scores are √d_k times larger and the softmax saturates towards one key.",
-    ]
-    if r.scaled:
-        lines.append(
-            f"Check: `MultiHeadAttention.forward` on the same X gives the same output "
-            f"(largest difference {r.reference_difference:.1e})."
-        )
-    return "\n\n".join(lines + r.notes)
-
-
 # ----------------------------------------------------------------------------------------------
 # The tab
 # ----------------------------------------------------------------------------------------------
-
-STEP_ORDER = (
-    "embeddings",
-    "positional",
-    "x",
-    "q",
-    "k",
-    "v",
-    "scores",
-    "masked",
-    "weights",
-    "head_output",
-    "heads",
-    "concatenated",
-    "output",
-)
-
-
-def _empty(title: str) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(title=title, height=160, xaxis={"visible": False}, yaxis={"visible": False})
-    return fig
 
 
 def whole(value) -> int:
@@ -367,9 +326,9 @@ def lab_outputs(text: str, source: str, mask: str, scaled: bool, head: int) -> t
     """What the tab shows: summary, saturation table, then one figure per step (STEP_ORDER)."""
     result = attention_lab(text, source, mask, bool(scaled), int(head))
     figs = step_figures(result)
-    figs.setdefault("positional", _empty("no PE added: RoPE rotates Q and K"))
+    figs.setdefault("positional", empty_figure("no PE added: RoPE rotates Q and K"))
     table = {"headers": SATURATION_HEADERS, "data": saturation_table(result)}
-    return (lab_summary(result), table, *(figs[name] for name in STEP_ORDER))
+    return (lab_summary(result, SOURCES[result.source]), table, *(figs[name] for name in STEP_ORDER))
 
 
 def head_slider(source: str, head) -> dict:

@@ -141,3 +141,47 @@ def saturation_table(r: LabResult) -> list[list]:
 
 
 SATURATION_HEADERS = ["head", "entropy scaled (bits)", "max weight scaled", "entropy unscaled", "max weight unscaled"]
+
+
+def lab_summary(r: LabResult, layer: str) -> str:
+    """What the tab writes above the steps: the layer (`layer` describes it), sizes, saturation, the check."""
+    t, d = r.x.shape
+    h, d_k = r.q.shape[0], r.q.shape[-1]
+    lines = [
+        f"**{layer}**: {t} tokens, d_model = {d}, {h} heads of d_k = {d_k}.",
+        f"Head {r.head + 1}: entropy {float(r.entropy['scaled'][r.head]):.2f} bits with scaling, "
+        f"{float(r.entropy['unscaled'][r.head]):.2f} bits without (largest weight per row on average "
+        f"{float(r.max_weight['scaled'][r.head]):.2f} vs {float(r.max_weight['unscaled'][r.head]):.2f}): "
+        "without 1/√d_k the scores are √d_k times larger and the softmax saturates towards one key.",
+    ]
+    if r.scaled:
+        lines.append(
+            f"Check: `MultiHeadAttention.forward` on the same X gives the same output "
+            f"(largest difference {r.reference_difference:.1e})."
+        )
+    return "\n\n".join(lines + r.notes)
+
+
+# the step panels in the order the tab lays them out
+STEP_ORDER = (
+    "embeddings",
+    "positional",
+    "x",
+    "q",
+    "k",
+    "v",
+    "scores",
+    "masked",
+    "weights",
+    "head_output",
+    "heads",
+    "concatenated",
+    "output",
+)
+
+
+def empty_figure(title: str) -> go.Figure:
+    """A blank panel with a title that says why it is blank."""
+    fig = go.Figure()
+    fig.update_layout(title=title, height=160, xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
