@@ -317,7 +317,7 @@ def prepare_waveform(
     waveform = torch.from_numpy(np.ascontiguousarray(x))
     if sample_rate != c.sample_rate:
         waveform = resample(waveform, sample_rate, c.sample_rate)
-        notes.append(f"Resampled from {sample_rate} Hz to {c.sample_rate} Hz.")
+        notes.append(RoutineNote(f"Resampled from {sample_rate} Hz to {c.sample_rate} Hz."))
     rms = waveform.pow(2).mean().sqrt().clamp_min(1e-8)
     waveform = waveform * (10 ** (TARGET_RMS_DB / 20) / rms)
     return waveform.float(), notes
