@@ -417,7 +417,7 @@ def test_the_app_starts_with_damaged_checkpoints_and_the_rest_works(tmp_path, na
     base = copy_checkpoints(tmp_path)
     for task, damage in BROKEN_APPS[name].items():
         DAMAGE[damage][0](base / task)
-    env = {"PLAYGROUND_CHECKPOINTS": str(base), "PLAYGROUND_CACHE_CLEANUP": "1,2"}
+    env = {"PLAYGROUND_CHECKPOINTS": str(base), "PLAYGROUND_CACHE_CLEANUP": "2,10"}
     with AppServer(env=env) as app:
         picture, clip = tmp_path / "photo.png", tmp_path / "clip.wav"
         Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(picture)
@@ -436,10 +436,10 @@ def test_the_app_starts_with_damaged_checkpoints_and_the_rest_works(tmp_path, na
         page = httpx.get(f"{app.url}config").text  # the tab itself says why it is switched off
         for task in BROKEN_APPS[name]:
             assert f"The {task} model is switched off" in page, task
-        # uploads are deleted once older than the cleanup's age (2 s here)
+        # uploads are deleted once older than the cleanup's age (10 s here)
         uploaded = upload(app.url, picture)
         assert Path(uploaded).exists()
-        deadline = time.perf_counter() + 15
+        deadline = time.perf_counter() + 40
         while Path(uploaded).exists() and time.perf_counter() < deadline:
             time.sleep(0.5)
         assert not Path(uploaded).exists(), "an upload outlived the cache cleanup"
