@@ -57,15 +57,31 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotations: Tensor | None = None  # e^(i pos theta) per position, kept for decoding
 
     def forward(self, x: Tensor, position: int = 0) -> Tensor:
         """x: (batch, heads, T, head_dim), the first token at absolute `position`."""
+        if torch.is_inference_mode_enabled() and not torch.compiler.is_compiling():
+            return self.rotate_from_table(x, position)
         t = torch.arange(position, position + x.size(2), device=x.device, dtype=torch.float32)
         angles = torch.outer(t, self.inv_freq)  # (T, head_dim/2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         return rotated.flatten(-2)
+
+    def rotate_from_table(self, x: Tensor, position: int = 0) -> Tensor:
+        """The same rotation as one complex product per pair, (x1 + i x2) e^(i pos theta), with
+        the factors read from a table: decoding rotates one position per layer per token, and
+        recomputing its angles each time cost more than the rotation."""
+        end = position + x.size(2)
+        table = self.rotations
+        if table is None or table.size(0) < end or table.device != x.device:
+            t = torch.arange(max(2 * end, 512), device=x.device, dtype=torch.float32)
+            angles = torch.outer(t, self.inv_freq)
+            table = self.rotations = torch.polar(torch.ones_like(angles), angles)
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * table[position:end]).flatten(-2).to(x.dtype)
 
 
 def build_positional(kind: str, d_model: int, max_len: int) -> nn.Module | None:
