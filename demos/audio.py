@@ -104,7 +104,7 @@ def classify_audio(audio) -> AudioResult:
         cls_attention=attention.cls_rows().numpy(),
         rollout=attention.cls_rollout().numpy(),
         duration_s=waveform.numel() / c.sample_rate,
-        band_hz=model.frontend.mel.mel_scale.fb.argmax(0).numpy() * c.sample_rate / c.n_fft,
+        band_hz=model.band_hz(),
         notes=notes + prepare_notes,
         attention=attention,
     )

@@ -168,6 +168,11 @@ class AudioTransformer(nn.Module, HubMixin):
         spec, frames = self.spectrogram(waveforms, lengths)
         return self.classify(spec, frames, need_weights)
 
+    def band_hz(self) -> np.ndarray:
+        """(n_mels,) the frequency in Hz where each mel band of the front end peaks."""
+        c = self.config
+        return self.frontend.mel.mel_scale.fb.argmax(0).numpy() * c.sample_rate / c.n_fft
+
     @torch.no_grad()
     def attention(self, waveform: Tensor) -> ModelAttention:
         """One prepared waveform (1, samples) -> logits and its "self" attention: position 0 is
