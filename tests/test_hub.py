@@ -345,3 +345,18 @@ def test_the_page_is_built_without_timm():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "False", "building the page imported timm"
+
+
+def test_the_concept_guide_points_at_code_that_exists():
+    """docs/concepts.md names places as `file: name, name` (or `Class.method`): every file must
+    exist and define every name, so the guide cannot drift from the code unnoticed."""
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    places = re.findall(r"`([\w/]+\.py): ([\w., ]+)`", text)
+    assert len(places) > 40
+    for path, names in places:
+        source = (ROOT / path).read_text()
+        for name in (n.strip() for n in names.split(",")):
+            for part in name.split("."):
+                assert re.search(rf"(def|class) {part}\b|^{part} = |self\.{part} = ", source, re.M), f"{path}: {name}"
+    for path in re.findall(r"`((?:models|demos|training|bench|tests)/[\w/]+\.py)`", text):
+        assert (ROOT / path).exists(), path
