@@ -324,7 +324,9 @@ INTRO = """A small GPT that read Tiny Shakespeare one **character** at a time wr
 Each new character is drawn from the model's probabilities: **temperature** sharpens (low) or
 flattens (high) them, **top-k** keeps the k most likely characters, **top-p** the smallest set
 holding that much probability. The **KV cache** keeps every layer's keys and values, so each new
-character costs one position instead of the whole context: switch it off to see the difference."""
+character costs one position instead of the whole context: switch it off to see the difference.
+Past its 128-character context, every layer attends only to the latest 128 positions (a sliding
+window), so the text can run on, and it is the same text, character for character, with the cache on or off."""
 
 
 def build() -> None:
