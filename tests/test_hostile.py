@@ -443,3 +443,106 @@ def test_the_app_starts_with_damaged_checkpoints_and_the_rest_works(tmp_path, na
         while Path(uploaded).exists() and time.perf_counter() < deadline:
             time.sleep(0.5)
         assert not Path(uploaded).exists(), "an upload outlived the cache cleanup"
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks themselves, without a server
+# ----------------------------------------------------------------------------------------------
+
+
+def test_value_checks_refuse_what_is_not_the_type_they_say():
+    from demos.limits import InputRefused, check_bool, check_number, check_text
+
+    assert check_number(3, "n") == 3 and check_number(-0.5, "n") == -0.5 and check_number(None, "n") is None
+    for bad, says in (
+        (10**400, "far too large"),
+        (float("inf"), "finite"),
+        (float("nan"), "finite"),
+        (True, "a number"),
+    ):
+        with pytest.raises(InputRefused, match=says):
+            check_number(bad, "Top-k")
+    for text in ("1", "inf", [1], {"a": 1}):
+        with pytest.raises(InputRefused, match="must be a number"):
+            check_number(text, "Top-k")
+    assert check_bool("false", "s") is False and check_bool(" TRUE ", "s") is True and check_bool(False, "s") is False
+    for bad in (0, 1, "yes", None, "", [True]):
+        with pytest.raises(InputRefused, match="true or false"):
+            check_bool(bad, "Switch")
+    assert check_text("héllo 🙂", "t") == "héllo 🙂" and check_text("x" * MAX_TEXT_CHARS, "t")
+    for bad, says in (("a\ud800b", "lone surrogate"), ("x" * (MAX_TEXT_CHARS + 1), "at most"), (["x"], "not list")):
+        with pytest.raises(InputRefused, match=says):
+            check_text(bad, "Prompt")
+
+
+def test_only_paths_inside_the_upload_folder_are_accepted(tmp_path, monkeypatch):
+    from demos.limits import InputRefused, uploaded_path
+
+    uploads = tmp_path / "uploads"
+    (uploads / "abc").mkdir(parents=True)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    good = uploads / "abc" / "photo.png"
+    good.write_bytes(b"x")
+    assert uploaded_path({"path": str(good)}) == str(good.resolve())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    (uploads / "abc" / "link.png").symlink_to(secret)  # a link inside the folder to a file outside
+    refused = set()
+    for path in (
+        secret,
+        tmp_path / "missing.txt",
+        uploads / "abc" / "link.png",
+        uploads / ".." / "secret.txt",
+        uploads,
+    ):
+        with pytest.raises(InputRefused) as error:
+            uploaded_path({"path": str(path)})
+        refused.add(str(error.value))
+    assert refused == {NOT_UPLOADED}  # the same sentence whether or not the file exists
+
+
+def test_the_gatekeeper_refuses_large_bodies_even_when_the_app_would_swallow_the_error():
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from demos.limits import Gatekeeper
+
+    async def echo(request: Request):
+        try:  # like FastAPI's body parsing: any error while reading becomes a 400
+            return JSONResponse({"bytes": len(await request.body())})
+        except Exception:  # noqa: BLE001
+            return JSONResponse({"detail": "There was an error parsing the body"}, status_code=400)
+
+    app = Gatekeeper(Starlette(routes=[Route("/join", echo, methods=["POST"])]), max_body=1000)
+    client = TestClient(app)
+    assert client.post("/join", content=b"a" * 1000).json() == {"bytes": 1000}
+    too_long = client.post("/join", content=b"a" * 1001)
+    assert too_long.status_code == 413 and "larger than this app takes" in too_long.text
+
+    def chunks():
+        for _ in range(5):
+            yield b"a" * 400
+
+    streamed = client.post("/join", content=chunks())  # no Content-Length
+    assert streamed.status_code == 413, streamed.text
+
+
+def test_truncated_safetensors_header_and_data_are_told_apart(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from demos.limits import safetensors_problem
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(1000)}, str(path))
+    assert safetensors_problem(path) is None
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    assert "truncated" in safetensors_problem(path)
+    path.write_bytes(data[:20])
+    assert "cut short" in safetensors_problem(path)
+    path.write_bytes(b"")
+    assert "empty" in safetensors_problem(path)
