@@ -29,18 +29,27 @@ SLICE_S = 1.0  # training between two snapshots
 STEP_STEPS = 10  # what Step trains
 TRAINERS_AT_ONCE = max(1, int(os.environ.get("PLAYGROUND_CONCURRENCY", "2")) - 1)
 STALE_S = 5.0  # a stream that has not reported for this long was cancelled (a slice takes ~1-2 s)
+NORMS = ("pre-norm", "post-norm (the paper)")
 ATTENTION_VIEWS = ("cross", "encoder self", "decoder self", "self", "RNN cross")
 
 SAMPLE_TEXT = (
-    "The cat sat by the door and watched the rain. The dog sat by the fire and watched the cat. "
-    "When the rain stopped, the cat went out to the garden, and the dog went back to sleep. "
-    "In the garden the cat found a bird, a bee and a wet green leaf. The bird sang, the bee hummed, "
-    "and the leaf did nothing at all. Then the sun came out, the grass began to dry, and the cat "
-    "lay down on the warm stones by the wall. The dog woke up, looked for the cat, and did not find "
-    "her by the fire. He went to the door and watched the garden. The cat was asleep on the stones; "
-    "the bird was singing on the wall; the bee was in the roses. The dog sat by the door and "
-    "watched them all, and after a while he went back to the fire and slept again. "
-) * 2
+    "The harbour wakes before the town does. At five the first boats slide out past the red light on the "
+    "pier, their engines low and patient, and the gulls follow them in a loose white cloud. By six the fish "
+    "market has opened its shutters; men in yellow boots hose down the stone floor and stack the empty crates "
+    "in towers that lean a little more each year. The baker on the corner sets out his trays of bread, and the "
+    "smell drifts down the hill to the water, where it meets the smell of salt, diesel and rope. Children walk "
+    "to school along the sea wall, counting the boats that have already left and guessing which will come back "
+    "first. In winter the wind comes straight off the sea and the waves climb over the wall, so the children "
+    "take the long way round, through the narrow lanes behind the church. Old Mrs Pender watches them from her "
+    "window and knows each of them by the colour of their coat. At noon the boats begin to return, low in the "
+    "water if the catch was good, riding high if it was not. Nobody asks; you can read it from the hill. In the "
+    "afternoon the town is quiet. The café by the lifeboat station fills with walkers who have come along the "
+    "cliff path, and they sit with their boots steaming under the tables while the owner tells them about the "
+    "storm of nineteen fifty-three, which she did not see but has told so often that she might as well have. "
+    "Evening brings the tide back up the beach, over the footprints and the sandcastles and the lost spade that "
+    "someone will look for tomorrow. The lights come on along the front one by one, and the lighthouse begins "
+    "its slow count across the bay: a long flash, a short one, and a long dark wait before it starts again."
+)
 
 
 @dataclass(frozen=True)
@@ -48,38 +57,56 @@ class Preset:
     name: str
     lesson: str  # what to look for, in one sentence
     changes: dict = field(default_factory=dict)  # the knobs it sets (the others take their defaults)
+    contrast: dict = field(default_factory=dict)  # the change that undoes the lesson (bench/train_lessons.py)
+    steps: int = 600  # the budget the lesson is measured at (tests/test_train_live.py, bench/train_lessons.py)
+
+    def settings(self, contrast: bool = False, **more) -> Settings:
+        text = {"text": SAMPLE_TEXT} if self.changes.get("task") == "text" else {}
+        return Settings(**{**text, **self.changes, **(self.contrast if contrast else {}), **more})
 
 
 PRESETS = (
     Preset(
         "Reverse, with positions (and a GRU beside it)",
         "Watch the cross-attention: an anti-diagonal appears (output i reads input n-1-i) as sequence accuracy "
-        "passes 95%; the GRU with attention needs more sequential steps per example and more wall time.",
+        "passes 95%; the GRU with attention needs more sequential steps per example (source + target length "
+        "against the transformer's 2 per layer pair), and neither copes with inputs longer than it trained on.",
         {"task": "reverse", "rnn": "gru+attention"},
+        {"rnn": "gru"},
+        steps=900,
     ),
     Preset(
         "Reverse, no positional encoding",
         "Without positions the encoder sees a bag of letters: the loss flattens and sequence accuracy stays "
         "near zero (try 'sort': it needs no order, and learns).",
         {"task": "reverse", "positional": "none"},
+        {"positional": "sinusoidal"},
+        steps=900,
     ),
     Preset(
         "No sqrt(d_k) scaling, wide heads",
-        "One head of width 256 without the 1/sqrt(d_k) factor: the scores grow, the softmax saturates and "
-        "training stalls; switch scaling back on to see the same model learn.",
-        {"task": "reverse", "width": 256, "heads": 1, "scaled": False},
+        "Two heads of width 64 without the 1/sqrt(d_k) factor: the scores are ~8 times too large, the softmax "
+        "saturates (one-hot attention maps from the first step) and the loss stalls; switch scaling back on and "
+        "the same model learns.",
+        {"task": "reverse", "width": 128, "heads": 2, "scaled": False},
+        {"scaled": True},
+        steps=300,
     ),
     Preset(
         "No warmup, high learning rate",
         "The full learning rate from the first step: the loss jumps up and stays there (or becomes NaN); "
         "set warmup to 200 steps and the same rate trains.",
         {"task": "reverse", "lr": 0.01, "warmup": 0},
+        {"warmup": 200},
+        steps=300,
     ),
     Preset(
         "Label smoothing on a short text",
-        "Compare confidence with accuracy in the table: without smoothing the model memorises the text and is "
-        "sure of wrong answers on the held-back part; smoothing 0.1 keeps its confidence closer to its accuracy.",
+        "Compare confidence with accuracy (and their gap, the ECE) in the table: with smoothing 0.1 the model's "
+        "confidence on the held-back text tracks its accuracy more closely than with smoothing 0.",
         {"task": "text", "label_smoothing": 0.1},
+        {"label_smoothing": 0.0},
+        steps=400,
     ),
 )
 PRESET_NAMES = ["(your own settings)"] + [p.name for p in PRESETS]
@@ -121,13 +148,14 @@ def _release_slot(session_hash: str, play: int) -> None:
             del _running[session_hash]
 
 
-def settings_from(task, text, layers, heads, width, positional, scaled, causal, lr, warmup, label_smoothing,
+def settings_from(task, text, layers, heads, width, positional, scaled, causal, norm, lr, warmup, label_smoothing,
                   dropout, teacher_forcing, rnn, seed) -> Settings:  # fmt: skip
     """The knobs as Settings; a UserError that says what to change when one is out of range."""
     try:
         settings = Settings(
             task=str(task), text=str(text or "") if task == "text" else "", layers=int(layers), heads=int(heads),
-            width=int(width), positional=str(positional), scaled=bool(scaled), causal=bool(causal), lr=float(lr),
+            width=int(width), positional=str(positional), scaled=bool(scaled), causal=bool(causal),
+            norm_first=_norm_first(norm), lr=float(lr),
             warmup=int(warmup), label_smoothing=float(label_smoothing), dropout=float(dropout),
             teacher_forcing=float(teacher_forcing), rnn=str(rnn), seed=int(seed),
         )  # fmt: skip
@@ -135,6 +163,12 @@ def settings_from(task, text, layers, heads, width, positional, scaled, causal, 
     except (TypeError, ValueError) as error:
         raise UserError(str(error)) from None
     return settings
+
+
+def _norm_first(norm: str) -> bool:
+    if norm not in NORMS:
+        raise UserError(f"Layer norm goes {' or '.join(repr(n) for n in NORMS)}; got {norm!r}.")
+    return norm == NORMS[0]
 
 
 def _session_for(session: Session | None, settings: Settings) -> tuple[Session, str]:
@@ -261,10 +295,10 @@ def apply_preset(name: str):
     defaults = Settings()
     preset = next((p for p in PRESETS if p.name == name), None)
     if preset is None:
-        return [gr.update()] * 12 + ["Choose a preset to see what it shows."]
+        return [gr.update()] * 13 + ["Choose a preset to see what it shows."]
     s = Settings(**{**defaults.__dict__, **preset.changes})
-    values = [s.task, s.layers, s.heads, s.width, s.positional, s.scaled, s.causal, s.lr, s.warmup,
-              s.label_smoothing, s.dropout, s.rnn]  # fmt: skip
+    values = [s.task, s.layers, s.heads, s.width, s.positional, s.scaled, s.causal, NORMS[0 if s.norm_first else 1],
+              s.lr, s.warmup, s.label_smoothing, s.dropout, s.rnn]  # fmt: skip
     return values + [f"**What to look for.** {preset.lesson}"]
 
 
@@ -288,6 +322,7 @@ def build() -> None:
             with gr.Row():
                 scaled = gr.Checkbox(d.scaled, label="Scale scores by 1/sqrt(d_k)")
                 causal = gr.Checkbox(d.causal, label="Causal mask in the decoder")
+            norm = gr.Radio(list(NORMS), value=NORMS[0], label="Residual + LayerNorm")
             with gr.Row():
                 lr = gr.Number(d.lr, label="Learning rate", minimum=1e-5, maximum=1.0)
                 warmup = gr.Slider(0, 1000, d.warmup, step=10, label="Warmup steps")
@@ -312,13 +347,13 @@ def build() -> None:
             samples = gr.Dataframe(label="Predictions on validation examples", wrap=True)
             heldout = gr.Dataframe(label="Sequence accuracy on longer inputs than any seen in training")
     session = gr.State(None)
-    knobs = [task, text, layers, heads, width, positional, scaled, causal, lr, warmup, smoothing, dropout, forcing,
-             rnn, seed]  # fmt: skip
+    knobs = [task, text, layers, heads, width, positional, scaled, causal, norm, lr, warmup, smoothing, dropout,
+             forcing, rnn, seed]  # fmt: skip
     outputs = [session, status, curves, attention, samples, heldout]
     running = listen(play.click, train_live, [*knobs, seconds, view, session], outputs, api_name="train_live")
     listen(pause_button.click, pause, [session], [session], cancels=[running])
     listen(step.click, train_step, [*knobs, view, session], outputs)
     listen(reset_button.click, reset, [session], outputs, cancels=[running])
     listen(view.change, show_attention, [view, session], [attention])
-    preset_knobs = [task, layers, heads, width, positional, scaled, causal, lr, warmup, smoothing, dropout, rnn]
+    preset_knobs = [task, layers, heads, width, positional, scaled, causal, norm, lr, warmup, smoothing, dropout, rnn]
     listen(preset.change, apply_preset, [preset], [*preset_knobs, lesson])

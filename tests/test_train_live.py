@@ -4,19 +4,21 @@ it stops when cancelled, it refuses bad input and a second trainer with a senten
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from gradio_client import Client
 
+from demos.train_live import PRESETS
 from models.attention import MultiHeadAttention, scaled_dot_product_attention
 from models.live_training import LiveRun, Settings, set_attention_knobs
 from models.rnn import RNNConfig, Seq2SeqRNN
 from models.toy_tasks import EOS, SEQ2SEQ_TASKS, TextTask, balanced, is_validation
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
+from tests.app_server import AppServer
 
 torch.set_num_threads(1)
 
@@ -176,18 +178,141 @@ def test_snapshot_has_every_layer_and_head_and_counts_sequential_steps():
 # ----------------------------------------------------------------------------------------------
 
 
-def train(steps: int, **changes) -> LiveRun:
-    run = LiveRun(Settings(**changes))
+def train(settings: Settings, steps: int) -> LiveRun:
+    run = LiveRun(settings)
     run.train_for(1e9, max_steps=steps)
     run.snapshot()
     return run
 
 
+def preset(start: str):
+    return next(p for p in PRESETS if p.name.startswith(start))
+
+
+def test_without_the_scaling_wide_heads_start_saturated():
+    """Before any training: with 1/sqrt(d_k) the attention is spread, without it nearly one-hot."""
+    p = preset("No sqrt(d_k)")
+    peaks = {}
+    for contrast in (False, True):
+        run = LiveRun(p.settings(contrast=contrast))
+        weights = run.attention_maps()["encoder self"][0]
+        peaks[contrast] = float(weights.max(-1).mean())
+    assert peaks[False] > 0.8 and peaks[True] < 0.5, peaks
+
+
 @pytest.mark.slow
-def test_reverse_needs_positions():
-    with_positions = train(900, task="reverse").learners[0].history[-1]
-    without = train(900, task="reverse", positional="none").learners[0].history[-1]
-    assert with_positions.val_accuracy >= 0.95
-    assert without.val_accuracy <= 0.10
-    sort_without = train(600, task="sort", positional="none").learners[0].history[-1]
-    assert sort_without.val_accuracy >= 0.5  # sorting needs no order: the bag of letters is enough
+def test_reverse_learns_with_positions_and_its_cross_attention_is_the_anti_diagonal():
+    p = preset("Reverse, with positions")
+    run = train(p.settings(), p.steps)
+    transformer, gru = run.learners
+    assert transformer.history[-1].val_accuracy >= 0.95
+    weights, queries, keys = run.attention_maps()["cross"]
+    n = len(keys)
+    anti_diagonal = weights[:, :, range(n), range(n - 1, -1, -1)].mean(-1)  # (layers, heads)
+    assert anti_diagonal.max() > 0.6, anti_diagonal  # some head reads input n-1-i for output i
+    assert run.sequential_steps(gru) == 2 * n + 1 > run.sequential_steps(transformer) == 4
+
+
+@pytest.mark.slow
+def test_reverse_without_positions_stays_low():
+    p = preset("Reverse, no positional")
+    assert train(p.settings(), p.steps).learners[0].history[-1].val_accuracy <= 0.10
+
+
+@pytest.mark.slow
+def test_without_the_scaling_training_stalls():
+    p = preset("No sqrt(d_k)")
+    stalled = train(p.settings(), p.steps).learners[0].history[-1]
+    scaled = train(p.settings(contrast=True), p.steps).learners[0].history[-1]
+    assert stalled.val_loss > scaled.val_loss + 0.5 and scaled.val_accuracy > stalled.val_accuracy + 0.2
+
+
+@pytest.mark.slow
+def test_label_smoothing_brings_confidence_closer_to_accuracy():
+    p = preset("Label smoothing")
+    smoothed, plain = (train(p.settings(contrast=c), p.steps) for c in (False, True))
+    smoothed, plain = smoothed.calibration(smoothed.learners[0]), plain.calibration(plain.learners[0])
+    assert smoothed["ece"] < plain["ece"], (smoothed, plain)
+
+
+# ----------------------------------------------------------------------------------------------
+# /train_live through gradio_client, on `python app.py`
+# ----------------------------------------------------------------------------------------------
+
+
+def knobs(seconds: float = 20, **changes) -> tuple:
+    """/train_live's inputs in order (reverse, 2 layers, 4 heads, width 64, no RNN)."""
+    k = {"task": "reverse", "text": "", "layers": 2, "heads": 4, "width": 64, "positional": "sinusoidal",
+         "scaled": True, "causal": True, "norm": "pre-norm", "lr": 3e-3, "warmup": 100, "label_smoothing": 0.0,
+         "dropout": 0.0, "teacher_forcing": 1.0, "rnn": "none", "seed": 0, "seconds": seconds,
+         "view": "cross"}  # fmt: skip
+    k.update(changes)
+    return tuple(k.values())
+
+
+def steps_in(status: str) -> int:
+    return int(next(row for row in status.splitlines() if row.startswith("| transformer")).split("|")[2])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+def wait_for(condition, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(f"not within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with AppServer() as app:
+        yield app
+
+
+@pytest.mark.slow
+def test_a_run_streams_updates_and_stops_when_cancelled(server):
+    client = Client(server.url, verbose=False)
+    job = client.submit(*knobs(seconds=45), api_name="/train_live")
+    wait_for(lambda: len(job.outputs()) >= 3, timeout=120)
+    updates = job.outputs()
+    status, curves, attention, samples, heldout = updates[-1]
+    assert steps_in(updates[0][0]) < steps_in(status)  # it trains between updates
+    assert len(attention["plot"]) > 1000 and "layer 2 head 4" in attention["plot"]
+    assert samples["headers"][:2] == ["input", "target"] and heldout["headers"] == ["length", "transformer"]
+    before = cpu_seconds(server.process.pid)
+    time.sleep(3)
+    training_cpu = cpu_seconds(server.process.pid) - before
+    job.cancel()
+    wait_for(job.done, timeout=30)
+    time.sleep(3)  # the slice that was running finishes
+    before = cpu_seconds(server.process.pid)
+    time.sleep(3)
+    idle_cpu = cpu_seconds(server.process.pid) - before
+    assert idle_cpu < 0.25 * training_cpu, (idle_cpu, training_cpu)
+    # Play again continues the same run where it stopped (the session keeps it)
+    again = client.submit(*knobs(seconds=2), api_name="/train_live")
+    assert steps_in(again.result(timeout=120)[0]) > steps_in(status)
+
+
+@pytest.mark.slow
+def test_one_trainer_at_a_time_and_bad_inputs_get_sentences(server):
+    first, second = Client(server.url, verbose=False), Client(server.url, verbose=False)
+    job = first.submit(*knobs(seconds=30), api_name="/train_live")
+    wait_for(lambda: len(job.outputs()) >= 1, timeout=120)
+    with pytest.raises(Exception, match="Someone else is training right now"):
+        second.predict(*knobs(seconds=5), api_name="/train_live")
+    job.cancel()
+    for changes, message in [
+        ({"layers": 9}, "Value 9 is greater than maximum value 4"),  # Gradio's own slider check
+        ({"seconds": 600}, "greater than maximum value 60"),
+        ({"width": 48, "heads": 5}, "must split into 5 heads of an even size"),
+        ({"positional": "absolute"}, "absolute"),
+        ({"lr": 0}, "Learning rate must be between"),
+        ({"task": "text", "text": "Too short to learn from."}, "The text is too short"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            first.predict(*knobs(**changes), api_name="/train_live")
