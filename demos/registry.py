@@ -9,9 +9,9 @@ Adding a model takes one module per layer and ONE line here:
                        that same inference function (so Attention Maps sees what the tab sees)
     MODELS below       Model("<task>", "<name in Attention Maps>", "demos.<name>", "<input>", ("<kind>", ...)),
 
-e.g. an encoder-only fill-mask model that reads text:
+e.g. the encoder-only fill-mask BERT (models/bert.py, demos/fill_mask.py) came in as:
 
-    Model("fill_mask", "fill-mask BERT (encoder self)", "demos.fill_mask", TEXT, ("encoder self",)),
+    Model("mlm", "fill-mask BERT (encoder self)", "demos.fill_mask", TEXT, ("encoder self",), "A man is [MASK] a bike"),
 
 `input` picks the widget Attention Maps shows (TEXT, TEXT_TO_LANGUAGE, IMAGE or AUDIO); the
 kinds are the keys of the `maps` its `attention_of` returns, the first is the default. A tab

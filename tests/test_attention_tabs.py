@@ -511,3 +511,18 @@ def test_the_app_imports_no_bench_code():
     code = "import sys, app; app.build_app(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'bench'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_registered_model_is_complete_and_listed_once():
+    """A model is one line in demos/registry.py: its tab module must carry what that line promises."""
+    from demos import registry
+
+    assert len(set(registry.tasks())) == len(registry.MODELS)
+    for entry in registry.MODELS:
+        tab = entry.module()
+        assert entry.task == tab.TASK and isinstance(tab.TITLE, str) and callable(tab.build), entry.task
+        assert callable(tab.attention_of) and entry.attention_kinds and entry.input in registry.INPUTS
+        assert maps.KINDS[entry.task] == entry.attention_kinds
+    titles = [tab.TITLE for tab in registry.tab_modules()]
+    assert titles[: len(registry.MODELS)] == [m.module().TITLE for m in registry.MODELS]
+    assert {"Attention Maps", "Attention Lab"} <= set(titles) and len(set(titles)) == len(titles)
