@@ -13,7 +13,7 @@ server's resident memory every half second. Three phases:
 2. hostile: one of each attack tests/test_hostile.py makes (odd-rate WAV, 8-channel 192 kHz
    FLAC, a FLAC whose header claims hours, a 16 MB body, an overlong text, a foreign path,
    10**400): each must be answered (refused or handled) quickly; the slowest is reported.
-3. flood: one client posts --flood requests at once and never reads them, while another
+3. flood: one address posts --flood requests at once and never reads them, while another
    visitor translates five sentences one after another; their wait is reported.
 
 Prints p50/p95 latency per endpoint, errors, throughput, memory at start / peak / after the run
@@ -23,6 +23,7 @@ Prints p50/p95 latency per endpoint, errors, throughput, memory at start / peak 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -261,10 +262,14 @@ def flood_phase(url: str, n_flood: int, visits: int = 5) -> dict:
     job = json.dumps({"data": ["ROMEO:", 300, 0.8, 65, 1.0, 0, False]}).encode()  # no KV cache: slow
     codes: list[int] = []
 
-    def flood() -> None:
-        with httpx.Client(headers={**address(777_777), "content-type": "application/json"}, timeout=60) as http:
-            for _ in range(n_flood):
-                codes.append(http.post(f"{url}gradio_api/call/generate", content=job).status_code)
+    def flood() -> None:  # all at once, as a script would
+        async def burst():
+            headers = {**address(777_777), "content-type": "application/json"}
+            async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+                posts = (http.post(f"{url}gradio_api/call/generate", content=job) for _ in range(n_flood))
+                codes.extend(r.status_code for r in await asyncio.gather(*posts))
+
+        asyncio.run(burst())
 
     visitor = Client(url, verbose=False, headers=address(666_666))
     thread = threading.Thread(target=flood)

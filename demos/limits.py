@@ -7,7 +7,8 @@
   with one message, whether it exists or not.
 - `Gatekeeper`: an ASGI middleware that refuses request bodies over the limit before reading them,
   and notes which sessions are listening for their results.
-- `FairQueue`: at most MAX_PER_CLIENT requests per visitor waiting or running; requests nobody
+- `FairQueue`: at most MAX_PER_SESSION requests per visitor (MAX_PER_ADDRESS per address) waiting
+  or running; requests nobody
   listens for are dropped from the queue; freed memory is handed back to the system.
 - `checkpoint_problem`: a checkpoint that is present but damaged is found without loading it.
 
@@ -34,7 +35,8 @@ MAX_TEXT_CHARS = 2000  # longer than any model here reads (the translator takes 
 MAX_BODY_BYTES = 1024 * 1024  # a JSON request: 2,000 characters of text need a few KB
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # app.py's max_file_size; the upload route's body limit adds room for the form
 MAX_MAGNITUDE = 1e15  # a number beyond this is nobody's setting (and 10**400 overflows a float)
-MAX_PER_CLIENT = 4  # requests one visitor may have waiting or running at once
+MAX_PER_SESSION = 4  # requests one visitor (a browser tab, a gradio_client) may have waiting or running
+MAX_PER_ADDRESS = 12  # and all visitors from one address (a classroom behind one router shares it)
 UNHEARD_AFTER_S = 5.0  # a queued request whose session has not listened for this long is dropped
 SESSIONS_KEPT = 256  # per-session state (gr.State) of at most this many sessions; the oldest go first
 STATE_TTL_S = 900  # and a kept result (gr.State) is dropped 15 minutes after it was stored
@@ -319,9 +321,8 @@ class FairQueue:
     Gradio already drops a session's queued requests when its result stream closes; a client that
     joins the queue and never opens the stream is what this adds to that."""
 
-    def __init__(self, queue, per_client: int = MAX_PER_CLIENT, unheard_after_s: float = UNHEARD_AFTER_S) -> None:
+    def __init__(self, queue, unheard_after_s: float = UNHEARD_AFTER_S) -> None:
         self.queue = queue
-        self.per_client = per_client
         self.unheard_after_s = unheard_after_s
         self._push = queue.push
         self._sweeper: asyncio.Task | None = None
@@ -340,11 +341,14 @@ class FairQueue:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self.sweep())
         key = client_key(request)
-        mine = sum(client_key(event.request) == key for event, _ in self.events())
-        if mine >= self.per_client:
+        events = [event for event, _ in self.events()]
+        session = sum(event.session_hash == body.session_hash for event in events) if body.session_hash else 0
+        address = sum(client_key(event.request) == key for event in events)
+        if session >= MAX_PER_SESSION or address >= MAX_PER_ADDRESS:
+            mine, most = (session, MAX_PER_SESSION) if session >= MAX_PER_SESSION else (address, MAX_PER_ADDRESS)
+            who = "You already have" if session >= MAX_PER_SESSION else "Your address already has"
             message = (
-                f"You already have {mine} requests waiting or running (at most {self.per_client}); "
-                "wait for their results, then try again."
+                f"{who} {mine} requests waiting or running (at most {most}); wait for their results, then try again."
             )
             return False, message, "queue_full"
         pushed = await self._push(body=body, request=request, username=username)
