@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -28,6 +30,7 @@ MAX_SECONDS = 60  # one Play trains for at most this long
 SLICE_S = 1.0  # training between two snapshots
 STEP_STEPS = 10  # what Step trains
 TRAINERS_AT_ONCE = max(1, int(os.environ.get("PLAYGROUND_CONCURRENCY", "2")) - 1)
+RUNS_KEPT = 8  # runs kept in memory at once (the largest model allowed, with Adam's state, is ~120 MB)
 STALE_S = 5.0  # a stream that has not reported for this long was cancelled (a slice takes ~1-2 s)
 NORMS = ("pre-norm", "post-norm (the paper)")
 ATTENTION_VIEWS = ("cross", "encoder self", "decoder self", "self", "RNN cross")
@@ -93,10 +96,11 @@ PRESETS = (
         steps=300,
     ),
     Preset(
-        "No warmup, high learning rate",
-        "The full learning rate from the first step: the loss jumps up and stays there (or becomes NaN); "
-        "set warmup to 200 steps and the same rate trains.",
-        {"task": "reverse", "lr": 0.01, "warmup": 0},
+        "No warmup, high learning rate, post-norm",
+        "The paper's post-norm layout at learning rate 0.01 from the first step: the first updates are too large "
+        "for the fresh layers and the loss crawls (at 0.03 it never leaves the plateau of guessing letter "
+        "frequencies); set warmup to 200 steps and the same rate trains several times faster.",
+        {"task": "reverse", "lr": 0.01, "warmup": 0, "norm_first": False},
         {"warmup": 200},
         steps=300,
     ),
@@ -125,6 +129,7 @@ class Session:
 
 _running: dict[str, tuple[int, float]] = {}  # session hash -> (its stream's Play number, last report)
 _running_lock = threading.Lock()
+_kept: OrderedDict[int, weakref.ref] = OrderedDict()  # sessions holding a run, least recently used first
 
 
 def _take_slot(session_hash: str, play: int) -> None:
@@ -178,7 +183,20 @@ def _session_for(session: Session | None, settings: Settings) -> tuple[Session, 
     if session.run is None or session.run.settings != settings:
         note = "A new run started." if session.run is not None else ""
         session.run, session.last = LiveRun(settings), None
+    _keep(session)
     return session, note
+
+
+def _keep(session: Session) -> None:
+    """Remember that `session` holds a run; past RUNS_KEPT runs the least recently used one is
+    dropped (its visitor's next Play starts afresh), so memory stays bounded however many come."""
+    with _running_lock:
+        _kept.pop(id(session), None)
+        _kept[id(session)] = weakref.ref(session)
+        while len(_kept) > RUNS_KEPT:
+            _, oldest = _kept.popitem(last=False)
+            if (old := oldest()) is not None:
+                old.run, old.last = None, None
 
 
 def status_table(snapshot: Snapshot, run: LiveRun) -> str:
@@ -251,9 +269,12 @@ def train_live(*args, request: gr.Request | None = None):
         end = time.monotonic() + seconds
         while session.play == me and time.monotonic() < end:
             with session.lock:
+                if session.run is None:  # dropped for newer visitors' runs (RUNS_KEPT)
+                    return
                 session.run.train_for(min(SLICE_S, max(0.05, end - time.monotonic())))
                 session.last = session.run.snapshot()
             _take_slot(key, me)  # the heartbeat
+            _keep(session)
             yield render(session, view, note)
             if all(session.last.diverged.values()):
                 break
