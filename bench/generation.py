@@ -144,14 +144,51 @@ def tab_race(tokens: int, rounds: int) -> dict:
     }
 
 
+def past_context_loss(data_dir: str, segments: int, length: int = 1024) -> dict:
+    """What the sliding window costs: the shipped model's loss on validation characters that have
+    at least a receptive field of text before them, read through the sliding window (what
+    generation computes) and cropped to the last context_len characters (nanoGPT's way)."""
+    import gzip
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from demos.common import get_model
+
+    model, tokenizer = get_model("generation")
+    text = gzip.decompress((Path(data_dir) / "tinyshakespeare_input.txt.gz").read_bytes()).decode("utf-8")
+    ids = torch.tensor(tokenizer.encode(text[int(len(text) * 0.9) :]))  # nanoGPT's validation split
+    ctx, first = model.context_len, model.receptive_field - 1
+    window_losses, cropped_losses = [], []
+    for start in range(0, segments * length, length):
+        segment = ids[start : start + length + 1]
+        inputs, targets = segment[None, :-1], segment[1:]
+        logits = model(inputs).logits[0, first:]  # longer than the context: the sliding window
+        window_losses.append(F.cross_entropy(logits, targets[first:], reduction="none"))
+        crops = inputs[0].unfold(0, ctx, 1)[first - ctx + 1 :]  # the last ctx characters up to each position
+        cropped_losses.append(F.cross_entropy(model(crops).logits[:, -1], targets[first:], reduction="none"))
+    return {
+        "characters": int(sum(w.numel() for w in window_losses)),
+        "sliding_window_loss": round(torch.cat(window_losses).mean().item(), 4),
+        "cropped_loss": round(torch.cat(cropped_losses).mean().item(), 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (a Space has 2 cores)")
     p.add_argument("--tokens", type=int, default=500)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-tab", action="store_true", help="only the nanoGPT-size race")
+    p.add_argument("--past-context", metavar="DATA_DIR", help="instead: the loss past the context, window vs crop")
+    p.add_argument("--segments", type=int, default=20, help="with --past-context: 1024-character stretches")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.past_context:
+        with torch.inference_mode():
+            losses = past_context_loss(args.past_context, args.segments)
+        print(json.dumps({"bench": "generation_past_context", **losses, "date": date.today().isoformat()}))
+        return losses
     load_before = os.getloadavg()[0]
     with torch.inference_mode():
         nanogpt = nanogpt_race(args.tokens, args.rounds)
