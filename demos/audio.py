@@ -32,6 +32,7 @@ from demos.limits import InputRefused, read_audio_file
 from demos.tools import examples_that_run
 from models.attention_data import Attention
 from models.audio import RoutineNote, log_mel, prepare_waveform
+from models.confidence import Verdict, audio_verdict
 
 TITLE = "Audio"
 TASK = "audio"
@@ -54,6 +55,7 @@ class AudioResult:
     band_hz: np.ndarray  # (n_mels,) centre frequency of each mel band
     notes: list[str] = field(default_factory=list)
     attention: Attention | None = None  # every layer and head (models.attention_data)
+    verdict: Verdict | None = None  # whether it sounded like a spoken digit at all
 
 
 def read_audio(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
@@ -93,6 +95,7 @@ def classify_audio(audio) -> AudioResult:
     probs = run.logits.softmax(-1)[0]
     attention = run["self"]
     top = probs.topk(3)
+    verdict = audio_verdict(waveform.numpy(), probs)  # noise, a tone or an unsure model: no clear digit
     spec = log_mel(waveform, c)
     n_tokens = attention.weights.shape[-1] - 1
     return AudioResult(
@@ -105,8 +108,9 @@ def classify_audio(audio) -> AudioResult:
         rollout=attention.cls_rollout().numpy(),
         duration_s=waveform.numel() / c.sample_rate,
         band_hz=model.band_hz(),
-        notes=notes + prepare_notes,
+        notes=notes + prepare_notes + verdict.reasons,
         attention=attention,
+        verdict=verdict,
     )
 
 

@@ -22,6 +22,7 @@ from demos.common import (
 )
 from demos.plots import attention_heatmap
 from demos.tools import examples_that_run
+from models.confidence import Verdict, caption_verdict
 from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, max_output_len, translate_ids
 
 TITLE = "Translate"
@@ -50,6 +51,7 @@ class Translation:
     notes: list[str] = field(default_factory=list)  # warnings for the user
     finished: bool = True  # False: the decoder stopped at its length limit, not at </s>
     attention: dict = field(default_factory=dict)  # kind -> models.attention_data.Attention
+    verdict: Verdict | None = None  # whether the text looks like the captions the model learned from
 
 
 def language_code(value: str) -> str:
@@ -102,6 +104,8 @@ def translate_into(text: str, target: str, beam_size: int = 4) -> Translation:
     if not finished:
         notes.append("The decoder stopped at its length limit before it ended the sentence.")
     decoder_input = [language_id(tokenizer, target)] + output
+    verdict = caption_verdict(model, tokenizer, text, source_ids, output, decoder_input[0])
+    notes += verdict.reasons
     label = tokenizer.id_to_token
     source_tokens = [label(i) for i in source_ids]
     # decoder row i reads decoder_input[i] and writes the next piece; the last row writes </s>
@@ -121,6 +125,7 @@ def translate_into(text: str, target: str, beam_size: int = 4) -> Translation:
         notes=notes,
         finished=finished,
         attention=run.maps,
+        verdict=verdict,
     )
 
 

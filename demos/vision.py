@@ -23,13 +23,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 
 from demos.common import (
     CORES,
     AttentionView,
     UserError,
     checkpoint_config,
+    checkpoint_dir,
     get_model,
     has_checkpoint,
     missing_message,
@@ -40,6 +41,7 @@ from demos.common import selector_choices as selector_choices_for
 from demos.plots import overlay
 from demos.tools import examples_that_run
 from models.attention_data import Attention
+from models.confidence import Verdict, picture_verdict
 
 TITLE = "Image"
 TASK = "vision"
@@ -76,6 +78,7 @@ class ImageResult:
     cls_attention: np.ndarray  # (layers, heads, grid, grid): CLS-to-patch weights per head
     notes: list[str] = field(default_factory=list)  # what was done to the input, for the user
     attention: Attention | None = None  # every layer and head (models.attention_data)
+    verdict: Verdict | None = None  # whether the picture looks like CIFAR-10 at all (ours only)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,11 +244,14 @@ def classify_image(image, model: str = "ours") -> ImageResult:
 
     if model not in MODELS.values():
         raise BadImage(f"Unknown model {model!r}; choose one of: {', '.join(MODELS.values())}.")
+    ours = model == "ours"
     model = pretrained_model() if model == "imagenet" else get_model(TASK)[0]
     c = model.config
     pil, notes = load_image(image)
     rgb = to_rgb(pil)
     view = center_square(rgb, c.img_size)
+    verdict = picture_verdict(model, np.asarray(view), checkpoint_dir(TASK)) if ours else None
+    notes = notes + (verdict.reasons if verdict else [])  # the tab shows them beside the answer
     with torch.inference_mode():
         run = model.attention(image_tensor(view, c))
     probs = run.logits.softmax(-1)[0]
@@ -260,6 +266,7 @@ def classify_image(image, model: str = "ours") -> ImageResult:
         cls_attention=attention.cls_rows().reshape(attention.layers, attention.heads, *grid).numpy(),
         notes=notes,
         attention=attention,
+        verdict=verdict,
     )
 
 
@@ -337,23 +344,43 @@ def draw_examples(folder: Path, size: int = 128) -> list[Path]:
         d.ellipse(p(x - 11, 77, x + 11, 99), fill=(20, 20, 20))
     pictures["red_car.png"] = car
 
-    frog = Image.new("RGB", (size, size), (110, 85, 55))
+    # a frog seen from close by, filling the frame on leaf litter, as CIFAR's frogs are (a small
+    # bright-green one on bare ground was called a bird)
+    ground = (110, 85, 55)
+    frog = Image.new("RGB", (size, size), ground)
     d = ImageDraw.Draw(frog)
-    d.ellipse(p(24, 48, 104, 104), fill=(70, 150, 50))  # body
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        x, y = rng.integers(0, 128, 2)
+        r = int(rng.integers(3, 9))
+        leaf = tuple(int(v) for v in np.add(ground, rng.integers(-30, 30, 3)))
+        d.ellipse(p(x - r, y - r / 2, x + r, y + r / 2), fill=leaf)
+    skin, dark = (120, 140, 60), (60, 90, 35)
+    d.ellipse(p(14, 40, 114, 112), fill=skin)  # body
+    d.ellipse(p(4, 84, 44, 118), fill=dark)  # hind legs
+    d.ellipse(p(84, 84, 124, 118), fill=dark)
     for x in (40, 88):
-        d.ellipse(p(x - 12, 36, x + 12, 60), fill=(70, 150, 50))  # eye bumps
-        d.ellipse(p(x - 6, 42, x + 6, 54), fill=(15, 15, 15))
-    d.ellipse(p(14, 86, 40, 104), fill=(60, 135, 45))  # legs
-    d.ellipse(p(88, 86, 114, 104), fill=(60, 135, 45))
-    pictures["green_frog.png"] = frog
+        d.ellipse(p(x - 14, 26, x + 14, 54), fill=skin)  # eye bumps
+        d.ellipse(p(x - 8, 32, x + 8, 48), fill=(200, 160, 40))
+        d.ellipse(p(x - 4, 35, x + 4, 45), fill=(10, 10, 10))
+    d.arc(p(34, 60, 94, 84), 10, 170, fill=(40, 60, 25), width=max(1, int(3 * s)))  # mouth
+    for _ in range(25):
+        x, y, r = int(rng.integers(24, 104)), int(rng.integers(56, 104)), int(rng.integers(2, 5))
+        d.ellipse(p(x - r, y - r, x + r, y + r), fill=dark)  # spots
+    pictures["frog_on_leaves.png"] = frog.filter(ImageFilter.GaussianBlur(0.8 * s))
 
-    truck = Image.new("RGBA", (size, size), (0, 0, 0, 0))  # transparent background on purpose
+    # transparent background on purpose (the tab fills it with white); the road under it and a
+    # long box make it a truck (without them the model saw an airplane against the white)
+    truck = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     d = ImageDraw.Draw(truck)
-    d.rectangle(p(10, 40, 80, 90), fill=(40, 90, 170, 255))  # cargo box
-    d.polygon(p(82, 56, 104, 56, 118, 72, 118, 90, 82, 90), fill=(230, 190, 40, 255))  # cab
-    d.polygon(p(88, 60, 102, 60, 112, 72, 88, 72), fill=(170, 210, 230, 255))
-    for x in (28, 62, 100):
-        d.ellipse(p(x - 10, 82, x + 10, 102), fill=(20, 20, 20, 255))
+    d.rectangle(p(0, 88, 128, 128), fill=(95, 95, 100, 255))  # road
+    d.rectangle(p(4, 30, 84, 92), fill=(200, 40, 35, 255))  # cargo box
+    d.polygon(p(86, 46, 108, 46, 124, 66, 124, 92, 86, 92), fill=(40, 90, 170, 255))  # cab
+    d.polygon(p(92, 50, 106, 50, 118, 66, 92, 66), fill=(170, 210, 230, 255))  # windscreen
+    d.rectangle(p(4, 88, 124, 96), fill=(40, 40, 40, 255))  # chassis
+    for x in (22, 44, 104):
+        d.ellipse(p(x - 11, 84, x + 11, 106), fill=(20, 20, 20, 255))
+        d.ellipse(p(x - 4, 91, x + 4, 99), fill=(150, 150, 150, 255))
     pictures["truck_transparent.png"] = truck
 
     paths = []
