@@ -311,6 +311,18 @@ def test_tools_answer_through_gradio_client_as_the_tabs_do(server, tmp_path):
     with pytest.raises(Exception, match="nothing to translate"):
         client.predict("   ", "English", "German", 4, api_name="/translate_text")
 
+    if (CHECKPOINTS / "mlm" / "config.json").exists():
+        from demos import fill_mask
+
+        sentence = "A man is [MASK] a bike."
+        filled = client.predict(sentence, 3, api_name="/fill_in_blanks")
+        expected = fill_mask.as_json(fill_mask.fill_mask(sentence, 3))
+        assert filled["filled"] == expected["filled"] and "[MASK]" not in filled["filled"]
+        assert [[c["token"] for c in blank] for blank in filled["blanks"]] == [
+            [c["token"] for c in blank] for blank in expected["blanks"]
+        ]
+        assert len(filled["blanks"]) == 1 and len(filled["blanks"][0]) == 3
+
 
 def test_every_example_shows_its_result_in_one_click():
     """Clicking an example fills the inputs (Gradio's load_example event) and then runs the same
