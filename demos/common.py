@@ -221,11 +221,24 @@ def parse_selector(value, count: int, what: str, special: tuple[str, ...] = (AVE
 # ----------------------------------------------------------------------------------------------
 
 
-def listen(trigger: Callable, fn: Callable, inputs=None, outputs=None, *, api_name: str | None = None, **kwargs):
-    """Wire `fn` to an event (`button.click`, `dropdown.input`, ...) in the app's one queue
-    (`concurrency_id=CORES`); without an `api_name` the event stays out of the public API."""
+def listen(
+    trigger: Callable | list[Callable],
+    fn: Callable,
+    inputs=None,
+    outputs=None,
+    *,
+    api_name: str | None = None,
+    **kwargs,
+):
+    """Wire `fn` to an event (`button.click`, `dropdown.input`, `event.then`, ...), or to a list of
+    them (one `gr.on`), in the app's one queue (`concurrency_id=CORES`); without an `api_name` the
+    event stays out of the public API."""
+    import gradio as gr
+
     if api_name is None:
         kwargs.setdefault("api_visibility", "private")
     else:
         kwargs["api_name"] = api_name
+    if isinstance(trigger, list):
+        return gr.on(trigger, fn, inputs, outputs, concurrency_id=CORES, **kwargs)
     return trigger(fn, inputs, outputs, concurrency_id=CORES, **kwargs)

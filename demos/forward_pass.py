@@ -25,7 +25,7 @@ from torch import Tensor
 from demos import explain, generation
 from demos import forward_views as views
 from demos import translation as translation_tab
-from demos.common import CORES, UserError, get_model, has_checkpoint, listen, shows_errors
+from demos.common import UserError, get_model, has_checkpoint, listen, shows_errors
 from demos.forward_step import step_view
 from demos.plots import char_label
 from models.decoding import filter_logits, greedy, sample
@@ -333,13 +333,12 @@ def build() -> None:
         )
     inputs = [task, text, direction, position, step, temperature, top_k, top_p, seed]
     shown = [diagram, explanation, figure, stream, lens, summary]
-    gr.on(
+    listen(
         [run.click, step.release, position.release, temperature.release, top_p.release, top_k.submit],
         _on_run,
         inputs,
         shown,
         api_name="forward_pass",
-        concurrency_id=CORES,
         trigger_mode="always_last",
         preprocess=False,  # API values reach our checks as sent (a position past the slider gets our message)
     )
@@ -347,7 +346,5 @@ def build() -> None:
     listen(forward.click, functools.partial(_on_move, 1), inputs, [step, *shown])
     listen(text.change, _on_text, [task, text, direction], position, trigger_mode="always_last")
     listen(direction.change, _on_text, [task, text, direction], position)
-    listen(task.change, _on_model, task, [text, direction, position, step]).then(
-        _on_run, inputs, shown, concurrency_id=CORES, api_visibility="private"
-    )
+    listen(listen(task.change, _on_model, task, [text, direction, position, step]).then, _on_run, inputs, shown)
     explain.build(temperature, top_k, top_p, seed)

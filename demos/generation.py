@@ -16,7 +16,15 @@ import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from demos.common import CORES, AttentionView, MissingCheckpoint, UserError, get_model, has_checkpoint, missing_message
+from demos.common import (
+    AttentionView,
+    MissingCheckpoint,
+    UserError,
+    get_model,
+    has_checkpoint,
+    listen,
+    missing_message,
+)
 from demos.plots import char_label
 from demos.tools import examples_that_run
 from models.decoding import filter_logits, sample
@@ -361,17 +369,16 @@ def build() -> None:
     inputs = [prompt, max_new, temperature, top_k, top_p, seed, use_cache]
     # preprocess=False: API values reach our checks as sent, so out-of-range ones get our clamps
     # and messages instead of Gradio's bounds error
-    event = run.click(_stream, inputs, [output, stats], api_name="generate", preprocess=False, concurrency_id=CORES)
+    event = listen(run.click, _stream, inputs, [output, stats], api_name="generate", preprocess=False)
     # an example generates at once, from its own seed: the same text every time
     examples_that_run(example_set, _stream, inputs, [output, stats], preprocess=False)
     stop.click(None, cancels=[event])
-    gr.on(
+    listen(
         [prompt.change, temperature.change, top_k.change, top_p.change],
         _distribution_plot,
         [prompt, temperature, top_k, top_p],
         plot,
         api_name="next_token",
-        concurrency_id=CORES,
         trigger_mode="always_last",
         show_progress="hidden",
         preprocess=False,
