@@ -192,10 +192,11 @@ def test_translation_rates_on_captions_and_other_text():
     from training.translation import TEST_SPLIT, read_split
 
     _needs("translation", "tokenizer.json")
-    captions = read_split(_needs_data("multi30k") / "multi30k", TEST_SPLIT, "en", 100)
+    captions = read_split(_needs_data("multi30k") / "multi30k", TEST_SPLIT, "en", 400)[300:]
     false_alarms = np.mean([not translate(t, "en", "de").verdict.known for t in captions])
     detections = np.mean([not translate(t, "en", "de").verdict.known for t in OUT_OF_DOMAIN["en"]])
-    assert false_alarms <= 0.1 and detections >= 0.6, (false_alarms, detections)
+    # en-de is the direction with the most false alarms (the bench: 10% of 250 other captions)
+    assert false_alarms <= 0.2 and detections >= 0.8, (false_alarms, detections)
 
 
 # ----------------------------------------------------------------------------------------------
