@@ -71,14 +71,17 @@ def vit_features(model, images: Tensor) -> tuple[Tensor, Tensor]:
     """(features (B, 2 * dim), logits (B, classes)) of a VisionClassifier (timm ViT) on normalised
     images. Features: the patch tokens' mean after each block, averaged over blocks (what the
     picture is made of, layer by layer), and the final CLS state the head reads (what it is)."""
+    from models.vision import _WEIGHTS_LOCK  # here: models.vision imports timm (~2 s)
+
     vit = model.vit
-    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
-    prefix = getattr(vit, "num_prefix_tokens", 1)
-    patch_means = []
-    for block in vit.blocks:
-        x = block(x)
-        patch_means.append(x[:, prefix:].mean(1))
-    cls = vit.forward_head(vit.norm(x), pre_logits=True)
+    with _WEIGHTS_LOCK:  # not while another request's attention hooks are on these blocks
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+        prefix = getattr(vit, "num_prefix_tokens", 1)
+        patch_means = []
+        for block in vit.blocks:
+            x = block(x)
+            patch_means.append(x[:, prefix:].mean(1))
+        cls = vit.forward_head(vit.norm(x), pre_logits=True)
     return torch.cat([torch.stack(patch_means).mean(0), cls], dim=1), vit.head(cls)
 
 
