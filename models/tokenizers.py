@@ -36,6 +36,15 @@ class CharTokenizer:
         Path(folder, "vocab.json").write_text(json.dumps({"chars": self.chars}, ensure_ascii=False) + "\n")
 
 
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """What `load_tokenizer` reads back: vocab.json for a CharTokenizer, tokenizer.json for a
+    Hugging Face `tokenizers.Tokenizer`."""
+    if isinstance(tokenizer, CharTokenizer):
+        tokenizer.save(folder)
+    else:
+        tokenizer.save(str(Path(folder) / "tokenizer.json"))
+
+
 def load_tokenizer(folder: str | Path):
     """vocab.json -> CharTokenizer; tokenizer.json -> a Hugging Face `tokenizers.Tokenizer`."""
     folder = Path(folder)

@@ -155,7 +155,7 @@ def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["steps"] == 3 and math.isfinite(summary["last_validation"]["val_loss"])
+    assert summary["steps"] == 3 and math.isfinite(summary["last_validation"]["val/loss"])
     model = load_model(out)
     assert isinstance(model, GPT) and model.context_len == 16
     assert load_tokenizer(out).chars == sorted(set(TEXT))

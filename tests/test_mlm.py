@@ -214,7 +214,7 @@ def test_train_export_and_evaluate_end_to_end(tmp_path):
     summary = train.main([*argv, "--set", *overrides])
     assert summary["steps"] == 150
     log = [json.loads(line) for line in (tmp_path / "runs" / "mlm" / "validation.jsonl").read_text().splitlines()]
-    assert log[-1]["val_loss"] < log[0]["val_loss"]
+    assert log[-1]["val/loss"] < log[0]["val/loss"]
     model = load_model(out)
     assert model.architecture == "bert" and model.embed.weight.dtype == torch.float32
     metrics = evaluate.main(["mlm", "--checkpoint", str(out), "--data-dir", str(data)])

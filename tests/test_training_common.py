@@ -82,3 +82,39 @@ def test_load_config_applies_overrides(tmp_path):
     assert (cfg.lr, cfg.max_steps, cfg.model) == (0.01, 7, {"d_model": 64, "n_layers": 3})
     with pytest.raises(ValueError, match="unknown config keys"):
         common.load_config(common.TrainingConfig, path, ["nonsense=1"])
+
+
+def test_compiled_only_when_asked_and_the_state_dict_keys_stay_clean():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    keys = list(model.state_dict())
+    off = common.TrainingConfig(compile=False)
+    assert common.compiled(model, off) is model and common.compiled(model.forward, off) == model.forward
+    on = common.TrainingConfig(compile=True)
+    forward = common.compiled(model.forward, on)  # a compiled bound method: the module keeps its plain one
+    assert forward != model.forward and list(model.state_dict()) == keys
+    assert common.compiled(model, on) is model  # compiled in place: the same object, the same keys
+    assert list(model.state_dict()) == keys and not any("_orig_mod" in k for k in model.state_dict())
+
+
+def test_export_writes_fp16_weights_config_and_tokenizer_of_the_plain_model(tmp_path):
+    """One export for every task: the uncompiled model in fp16, what load_model and load_tokenizer read."""
+    from safetensors.torch import load_file
+
+    from models.checkpoint import load_model
+    from models.tokenizers import CharTokenizer, load_tokenizer
+    from models.transformer import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    module = common.TimedModule(common.TrainingConfig())
+    plain = GPT(GPTConfig(vocab_size=5, context_len=8, n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.0))
+    module.tokenizer = CharTokenizer(list("abcde"))
+    module.model = torch.compile(plain)  # even a wrapped model is saved as the model it wraps
+    common.export(module, tmp_path, meta={"note": "tiny"})
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert weights and all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
+    assert not any(k.startswith("_orig_mod") for k in weights)
+    loaded = load_model(tmp_path)
+    assert loaded.meta == {"note": "tiny"}
+    assert load_tokenizer(tmp_path).chars == list("abcde")
+    ids = torch.tensor([[0, 1, 2, 3]])
+    torch.testing.assert_close(loaded(ids).logits, plain.eval()(ids).logits, atol=2e-2, rtol=0)

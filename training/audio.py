@@ -29,10 +29,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from models.audio import AudioConfig, AudioTransformer, prepare_waveform
-from models.checkpoint import load_model, save_checkpoint
-from training.common import TimedModule, TrainingConfig, download, download_cache
+from models.checkpoint import load_model
+from training.common import TimedModule, TrainingConfig, compiled, download, download_cache
 
-TARGET = ("val_error", 0.01)  # the target: >= 99% accuracy
+TARGET = ("val/error", 0.01)  # the target: >= 99% accuracy
 FSDD_FILE = "fsdd_8k_int16.npz"
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/raw/master/recordings/{digit}_{speaker}_{take}.wav"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
@@ -305,8 +305,8 @@ class AudioModule(TimedModule):
         self.model = AudioTransformer(AudioConfig(**config.model))
         self.freq_mask = torchaudio.transforms.FrequencyMasking(config.freq_mask_width, iid_masks=True)
         self.time_mask = torchaudio.transforms.TimeMasking(config.time_mask_width, iid_masks=True)
-        # compile the encoder only: its state_dict keys stay those of self.model
-        self.classify = torch.compile(self.model.classify) if config.compile else self.model.classify
+        # the encoder only: the spectrogram front end runs outside the graph
+        self.classify = compiled(self.model.classify, config)
 
     def augment_spectrogram(self, spec: Tensor) -> Tensor:
         c = self.config
@@ -326,7 +326,7 @@ class AudioModule(TimedModule):
         spec, frames = self.model.spectrogram(waveforms, lengths)
         logits = self.classify(self.augment_spectrogram(spec), frames).logits
         loss = F.cross_entropy(logits.float(), digits, label_smoothing=self.config.label_smoothing)
-        self.log("train_loss", loss, prog_bar=True, batch_size=digits.numel())
+        self.log_training(loss, batch_size=digits.numel())
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
@@ -334,18 +334,12 @@ class AudioModule(TimedModule):
         spec, frames = self.model.spectrogram(waveforms, lengths)
         logits = self.classify(spec, frames).logits.float()
         accuracy = (logits.argmax(-1) == digits).float().mean()
-        n = digits.numel()
-        self.log("val_loss", F.cross_entropy(logits, digits), prog_bar=True, batch_size=n)
-        self.log("val_acc", accuracy, prog_bar=True, batch_size=n)
-        self.log("val_error", 1 - accuracy, batch_size=n)
+        loss = F.cross_entropy(logits, digits)
+        self.log_validation(digits.numel(), loss=loss, accuracy=accuracy, error=1.0 - accuracy)
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[AudioModule, FSDDData]:
     return AudioModule(config), FSDDData(config, data_dir)
-
-
-def export(module: AudioModule, folder: Path, meta: dict) -> None:
-    save_checkpoint(folder, module.model, meta, dtype=torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """What every task's training shares: configs from YAML, data location, optimizer and schedule,
-a wall-clock log of validation metrics. No Gradio here (the GPU image has none)."""
+`compile: true` (`compiled`), metric names (`TimedModule.log_training` / `log_validation`), the
+checkpoint a run exports (`export`) and a wall-clock log of validation metrics. No Gradio here
+(the GPU image has none)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,19 @@ import json
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 import yaml
+from torch import Tensor, nn
 
+from models.checkpoint import save_checkpoint
 from models.schedules import warmup_cosine
+from models.tokenizers import save_tokenizer
 
 TASKS = ("generation", "translation", "vision", "audio", "mlm")
 
@@ -36,7 +42,7 @@ class TrainingConfig:
     max_time_s: float | None = None  # training time budget after the first step (TrainingClock)
     grad_clip: float = 1.0
     precision: str = "32-true"  # "bf16-mixed" on the GPU
-    compile: bool = False
+    compile: bool = False  # torch.compile what the task hands to `compiled` (training speed only)
     val_every: int = 250  # steps between validations
     label_smoothing: float = 0.0
 
@@ -157,9 +163,30 @@ def configure_adamw(module: L.LightningModule, config: TrainingConfig, clock: Tr
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+Compilable = TypeVar("Compilable", nn.Module, Callable)
+
+
+def compiled(target: Compilable, config: TrainingConfig, **options) -> Compilable:
+    """The one place where `compile: true` takes effect; `target` itself when it is false.
+
+    A module is compiled in place (`nn.Module.compile`): it stays the same object, so its
+    state_dict keys, and the exported checkpoint's, carry no `_orig_mod.` prefix. A bound method
+    (`model.forward`, `model.classify`) comes back compiled while the module keeps its plain one,
+    so a task can run the compiled path in training and the eager one elsewhere (no recompile for
+    eval mode). `options` go to torch.compile (e.g. dynamic=True for batches of varying shape)."""
+    if not config.compile:
+        return target
+    if isinstance(target, nn.Module):
+        target.compile(**options)
+        return target
+    return torch.compile(target, **options)
+
+
 class TimedModule(L.LightningModule):
     """What every task's LightningModule shares: its config, the TrainingClock (handed to the
-    Trainer by `configure_callbacks`) and AdamW with the clock's warmup + cosine schedule."""
+    Trainer by `configure_callbacks`), AdamW with the clock's warmup + cosine schedule, and the
+    metric names: `train/loss` every step, `val/<name>` per validation, and `train/lr` with each
+    validation. A task's plain model is `self.model` (`export_model` says what gets shipped)."""
 
     def __init__(self, config: TrainingConfig) -> None:
         super().__init__()
@@ -171,6 +198,46 @@ class TimedModule(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_adamw(self, self.config, self.clock)
+
+    @property
+    def export_model(self) -> nn.Module:
+        """The plain nn.Module that `export` writes (vision: the EMA copy when there is one)."""
+        return self.model
+
+    def log_training(self, loss: Tensor, batch_size: int | None = None) -> None:
+        """`train/loss` of this step; not on the progress bar, which would sync the GPU every step."""
+        self.log("train/loss", loss, batch_size=batch_size)
+
+    def log_validation(self, batch_size: int | None = None, **metrics: Tensor) -> None:
+        """`val/<name>` for each metric: the mean over the whole validation set (each batch weighted
+        by `batch_size`: examples, tokens, masked tokens) and, under DDP, over every process."""
+        for name, value in metrics.items():
+            self.log(
+                f"val/{name}",
+                value,
+                batch_size=batch_size,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                prog_bar=name == "loss",
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.optimizers:  # not when only validating
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], sync_dist=True)
+
+
+def export(module: TimedModule, folder: str | Path, meta: dict) -> Path:
+    """Every task's checkpoint, written one way: `module.export_model` (the plain module, never a
+    compiled wrapper) as fp16 model.safetensors, config.json with `meta`, and the module's
+    tokenizer (vocab.json or tokenizer.json) when it has one."""
+    model = module.export_model
+    model = getattr(model, "_orig_mod", model)  # a torch.compile(module) wrapper: save what it wraps
+    folder = save_checkpoint(folder, model, meta, dtype=torch.float16)
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, folder)
+    return folder
 
 
 def process_start_time() -> float:

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from models.checkpoint import load_model, save_checkpoint
+from models.checkpoint import load_model
 from models.tokenizers import CharTokenizer, load_tokenizer
 from models.transformer import GPT, GPTConfig
-from training.common import TimedModule, TrainingConfig, download, download_cache
+from training.common import TimedModule, TrainingConfig, compiled, download, download_cache
 
 DATA_FILE = "tinyshakespeare_input.txt.gz"
 DATA_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TARGET = ("val_loss", 1.47)  # nanoGPT's shakespeare_char best is 1.4697
+TARGET = ("val/loss", 1.47)  # nanoGPT's shakespeare_char best is 1.4697
 
 
 @dataclass
@@ -144,19 +144,19 @@ class GenerationModule(TimedModule):
         self.tokenizer = CharTokenizer(vocab)
         self.model = GPT(gpt_config(config, len(vocab)))
         # Training runs a compiled forward; validation runs the plain module, which spares a second
-        # compile for eval mode. Compiling the bound method keeps state_dict keys free of _orig_mod.
-        self.train_forward = torch.compile(self.model.forward) if config.compile else self.model.forward
+        # compile for eval mode.
+        self.train_forward = compiled(self.model.forward, config)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         loss = next_token_loss(self.train_forward(inputs).logits, targets)
-        self.log("train_loss", loss)  # not on the progress bar: that would sync the GPU every step
+        self.log_training(loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         inputs, targets = batch
         loss = next_token_loss(self.model(inputs).logits, targets)
-        self.log("val_loss", loss, prog_bar=True, sync_dist=True)  # mean over the fixed windows
+        self.log_validation(inputs.size(0), loss=loss)  # mean over the fixed windows
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[GenerationModule, ShakespeareData]:
@@ -166,12 +166,6 @@ def build(config: Config, data_dir: Path | None) -> tuple[GenerationModule, Shak
     context_len = gpt_config(config, 1).context_len
     data = ShakespeareData(text, config, context_len)
     return GenerationModule(config, data.tokenizer.chars), data
-
-
-def export(module: GenerationModule, folder: Path, meta: dict) -> None:
-    """fp16 safetensors + config.json + vocab.json."""
-    save_checkpoint(folder, module.model, meta, dtype=torch.float16)
-    module.tokenizer.save(folder)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from models.bert import IGNORE_INDEX, PAD_ID, Bert, BertConfig, mask_tokens, mlm_loss, train_wordpiece
-from models.checkpoint import load_model, save_checkpoint
+from models.checkpoint import load_model
 from models.tokenizers import load_tokenizer
-from training.common import TimedModule, TrainingConfig
+from training.common import TimedModule, TrainingConfig, compiled
 from training.translation import TEST_SPLIT, multi30k_dir, read_split
 
 EVAL_SEED = 0  # the masking of the test split: the same blanks for every checkpoint
@@ -93,13 +93,13 @@ class MLMModule(TimedModule):
         super().__init__(config)
         self.tokenizer = tokenizer
         self.model = Bert(BertConfig(**config.model))
+        compiled(self.model.encoder, config, dynamic=True)  # in place; every batch has its own length
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         inputs, labels = mask_tokens(batch, self.model.config.vocab_size, self.config.mask_rate)
         loss = mlm_loss(self.model, inputs, labels)
         n_masked = int((labels != IGNORE_INDEX).sum())
-        self.log("train_loss", loss, prog_bar=True, batch_size=n_masked)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n_masked)
+        self.log_training(loss, batch_size=n_masked)
         return loss
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -111,8 +111,7 @@ class MLMModule(TimedModule):
         n_masked = int(chosen.sum())
         loss = torch.nn.functional.cross_entropy(logits, labels[chosen])
         top1 = (logits.argmax(-1) == labels[chosen]).float().mean()
-        self.log("val_loss", loss, prog_bar=True, batch_size=n_masked)
-        self.log("val_top1", top1, batch_size=n_masked)
+        self.log_validation(n_masked, loss=loss, top1=top1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,12 +126,6 @@ def build(config: Config, data_dir: Path | None) -> tuple[MLMModule, CaptionData
     tokenizer = train_wordpiece(texts, config.vocab_size)
     config.model = {**config.model, "vocab_size": tokenizer.get_vocab_size(), "pad_id": PAD_ID}
     return MLMModule(config, tokenizer), CaptionData(config, folder, tokenizer)
-
-
-def export(module: MLMModule, folder: Path, meta: dict) -> None:
-    """model.safetensors (fp16) + config.json + tokenizer.json."""
-    save_checkpoint(folder, module.model, meta, dtype=torch.float16)
-    module.tokenizer.save(str(Path(folder) / "tokenizer.json"))
 
 
 @torch.no_grad()

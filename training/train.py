@@ -17,7 +17,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from training.common import TASKS, WallClockLog, load_config, process_start_time, resolve_data_dir
+from training.common import TASKS, WallClockLog, export, load_config, process_start_time, resolve_data_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if trainer.is_global_zero and not args.no_export:
         out = Path(args.out or Path("checkpoints") / args.task)
-        task.export(module, out, meta={"training": summary, "config": config.__dict__})
+        export(module, out, meta={"training": summary, "config": config.__dict__})
         summary["checkpoint"] = str(out)
     if trainer.is_global_zero:
         print(json.dumps(summary, default=str))

@@ -24,11 +24,11 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from models.checkpoint import load_model, save_checkpoint
+from models.checkpoint import load_model
 from models.tokenizers import load_tokenizer
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
 from models.translation import EOS_ID, LANGUAGES, PAD_ID, language_id, train_tokenizer, translate_texts
-from training.common import TimedModule, TrainingConfig, download, download_cache
+from training.common import TimedModule, TrainingConfig, compiled, download, download_cache
 
 DIRECTIONS = ("en-de", "de-en", "en-fr", "fr-en")
 TEST_SPLIT = "test_2016_flickr"
@@ -180,7 +180,7 @@ class TranslationModule(TimedModule):
         self.tokenizer = tokenizer
         self.model = EncoderDecoder(EncoderDecoderConfig(**config.model))
         # compiled with dynamic shapes: every token-budget batch has its own (rows, length)
-        self.forward_fn = torch.compile(self.model, dynamic=True) if config.compile else self.model
+        self.forward_fn = compiled(self.model.forward, config, dynamic=True)
 
     def loss(self, batch: tuple[Tensor, Tensor, Tensor], label_smoothing: float) -> tuple[Tensor, int]:
         src, tgt_in, tgt_out = batch
@@ -192,14 +192,13 @@ class TranslationModule(TimedModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss, n_tokens = self.loss(batch, self.config.label_smoothing)
-        self.log("train_loss", loss, prog_bar=True, batch_size=n_tokens)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=n_tokens)
+        self.log_training(loss, batch_size=n_tokens)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        # plain cross-entropy per target token (no smoothing), so exp(val_loss) is the perplexity
+        # plain cross-entropy per target token (no smoothing), so exp(val/loss) is the perplexity
         loss, n_tokens = self.loss(batch, 0.0)
-        self.log("val_loss", loss, prog_bar=True, batch_size=n_tokens)
+        self.log_validation(n_tokens, loss=loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,12 +213,6 @@ def build(config: Config, data_dir: Path | None) -> tuple[TranslationModule, Mul
     tokenizer = train_tokenizer(texts, config.vocab_size, config.tokenizer)
     config.model = {**config.model, "vocab_size": tokenizer.get_vocab_size(), "pad_id": PAD_ID, "eos_id": EOS_ID}
     return TranslationModule(config, tokenizer), Multi30kData(config, folder, tokenizer)
-
-
-def export(module: TranslationModule, folder: Path, meta: dict) -> None:
-    """model.safetensors (fp16) + config.json + tokenizer.json."""
-    save_checkpoint(folder, module.model, meta, dtype=torch.float16)
-    module.tokenizer.save(str(Path(folder) / "tokenizer.json"))
 
 
 def evaluate(checkpoint: Path, data_dir: Path | None, limit: int | None, device: str) -> dict:

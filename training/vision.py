@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoint import load_model, save_checkpoint
+from models.checkpoint import load_model
 from models.vision import VisionClassifier, ViTConfig
-from training.common import TimedModule, TrainingConfig, configure_adamw, download_cache
+from training.common import TimedModule, TrainingConfig, compiled, configure_adamw, download_cache
 from training.image_augment import BatchAugment
 
 PACK = "cifar10_jpeg_q75.npz"
-TARGET = ("val_error", 0.06)  # the target: 94% test accuracy, as a lower-is-better metric
+TARGET = ("val/error", 0.06)  # the target: 94% test accuracy, as a lower-is-better metric
 
 
 @dataclass
@@ -229,17 +229,20 @@ class VisionModule(TimedModule):
                 num_classes=self.model.config.num_classes,
             )
         self.ema = WeightEMA(self.model, c.ema_decay) if c.ema_decay > 0 else None
-        if c.compile:
-            # compile in place (state_dict keys stay clean); the EMA copy was taken before and
-            # stays eager, so validating it never triggers an eval-mode recompile
-            self.model.vit.compile()
-            self.augment.compile()
+        # compiled in place; the EMA copy was taken before and stays eager, so validating it never
+        # triggers an eval-mode recompile
+        compiled(self.model.vit, c)
+        compiled(self.augment, c)
         self._images_seen = 0
 
     @property
     def eval_model(self) -> VisionClassifier:
         """The model that validation, export and the demo see: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def export_model(self) -> VisionClassifier:
+        return self.eval_model
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
@@ -251,7 +254,7 @@ class VisionModule(TimedModule):
         else:
             targets, smoothing = labels, self.config.label_smoothing
         loss = F.cross_entropy(self.model(x).logits.float(), targets, label_smoothing=smoothing)
-        self.log("train_loss", loss)
+        self.log_training(loss)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -263,16 +266,15 @@ class VisionModule(TimedModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self.eval_model(self.model.normalize(images.float() / 255.0)).logits.float()
-        n = labels.size(0)
         accuracy = (logits.argmax(-1) == labels).float().mean()
-        self.log("val_loss", F.cross_entropy(logits, labels), batch_size=n, sync_dist=True)
-        self.log("val_acc", accuracy, batch_size=n, sync_dist=True)
-        self.log("val_error", 1.0 - accuracy, batch_size=n, sync_dist=True)
+        loss = F.cross_entropy(logits, labels)
+        self.log_validation(labels.size(0), loss=loss, accuracy=accuracy, error=1.0 - accuracy)
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         if self._images_seen:
-            self.log("train_images_per_s", self._images_seen * self.trainer.world_size / self.clock.elapsed())
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+            images_per_s = self._images_seen * self.trainer.world_size / self.clock.elapsed()
+            self.log("train/images_per_s", images_per_s, sync_dist=True)
 
     def configure_optimizers(self):
         return configure_adamw(self.model, self.config, self.clock)  # not the EMA copy's weights
@@ -280,11 +282,6 @@ class VisionModule(TimedModule):
 
 def build(config: Config, data_dir: Path | None) -> tuple[VisionModule, CIFAR10Data]:
     return VisionModule(config), CIFAR10Data(config, data_dir)
-
-
-def export(module: VisionModule, folder: Path, meta: dict) -> None:
-    """Weights in fp16 (the EMA model when there is one) and the config, class names included."""
-    save_checkpoint(folder, module.eval_model, meta)
 
 
 # ----------------------------------------------------------------------------------------------
