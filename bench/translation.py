@@ -44,7 +44,7 @@ def main() -> dict:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.checkpoint), load_tokenizer(args.checkpoint)
-    source, _ = encode_source(tokenizer, SENTENCE, model.config.max_len)
+    source = encode_source(tokenizer, SENTENCE, model.config.max_len).ids
     start = language_id(tokenizer, "de")
     output = translate_ids(model, [source], start, args.beam)[0]
     stats = latency_stats(

@@ -23,7 +23,7 @@ from demos.common import (
 from demos.plots import attention_heatmap
 from demos.tools import examples_that_run
 from models.confidence import Verdict, caption_verdict
-from models.translation import EOS_ID, LANGUAGES, UNK_ID, language_id, max_output_len, translate_ids
+from models.translation import EOS_ID, LANGUAGES, encode_source, language_id, max_output_len, translate_ids
 
 TITLE = "Translate"
 TASK = "translation"
@@ -154,15 +154,14 @@ def beam_width(value) -> int:
 
 
 def read_source(tokenizer, text: str, max_len: int) -> tuple[list[int], list[str]]:
-    """Source ids + </s> within max_len, and notes on what was left out or may go wrong."""
-    encoding = tokenizer.encode(text)
+    """Source ids + </s> within max_len, read as evaluation reads them (models.translation.encode_source),
+    and notes on what was left out or may go wrong."""
+    source = encode_source(tokenizer, text, max_len)
     notes = []
-    unknown = [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets, strict=True) if i == UNK_ID]
-    kept = [(i, end) for i, (_, end) in zip(encoding.ids, encoding.offsets, strict=True) if i != UNK_ID]
-    if unknown:
-        shown = " ".join(dict.fromkeys(unknown))
+    if source.unknown:
+        shown = " ".join(source.unknown)
         notes.append(f"Left out characters the model has never seen (it knows English, German and French): {shown}")
-    if not tokenizer.decode([i for i, _ in kept]).strip():
+    if not tokenizer.decode(source.ids[:-1]).strip():
         raise InputError(
             "The model cannot read any of this text: it knows English, German and French words, "
             "not emoji or other scripts."
@@ -171,14 +170,12 @@ def read_source(tokenizer, text: str, max_len: int) -> tuple[list[int], list[str
     if long_words:
         shown = ", ".join(w[:LONG_WORD] + "…" for w in long_words[:3])
         notes.append(f"Very long words ({shown}) are read as many small pieces and may not translate well.")
-    if len(kept) > max_len - 1:
-        end = kept[max_len - 2][1]
+    if source.truncated:
         notes.append(
-            f"The text is {len(kept)} tokens long but the model reads at most {max_len - 1}: "
-            f'only the beginning was translated (up to "…{text[max(0, end - 40) : end]}").'
+            f"The text is {source.n_pieces} tokens long but the model reads at most {max_len - 1}: "
+            f'only the beginning was translated (up to "…{text[max(0, source.end - 40) : source.end]}").'
         )
-        kept = kept[: max_len - 1]
-    return [i for i, _ in kept] + [EOS_ID], notes
+    return source.ids, notes
 
 
 def attention_figure(result: Translation | None, layer: str, head: str):

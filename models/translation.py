@@ -9,6 +9,7 @@ EncoderDecoder, one embedding matrix). Pure PyTorch + `tokenizers`; training and
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -58,11 +59,30 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "bpe") ->
     return tokenizer
 
 
-def encode_source(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[list[int], bool]:
-    """Source ids (unknown pieces dropped) + </s>, at most max_len; also whether it was cut."""
-    ids = [i for i in tokenizer.encode(text).ids if i != UNK_ID]
-    truncated = len(ids) > max_len - 1
-    return ids[: max_len - 1] + [EOS_ID], truncated
+@dataclass
+class Source:
+    """A text as the encoder reads it, and what was left out on the way (`encode_source`)."""
+
+    ids: list[int]  # the known pieces, at most max_len - 1 of them, then </s>
+    unknown: list[str]  # the text's characters outside the vocabulary, left out (each once, in order)
+    n_pieces: int  # known pieces in the whole text, before any cut
+    end: int  # character offset in the text where the last piece kept ends
+
+    @property
+    def truncated(self) -> bool:
+        return self.n_pieces > len(self.ids) - 1
+
+
+def encode_source(tokenizer: Tokenizer, text: str, max_len: int) -> Source:
+    """The one way a source text becomes encoder input, for evaluation and the tab alike: its
+    pieces without <unk> (a character never seen in training carries no meaning the model could
+    use), cut to max_len - 1 pieces, then </s>."""
+    encoding = tokenizer.encode(text)
+    pieces = list(zip(encoding.ids, encoding.offsets, strict=True))
+    unknown = list(dict.fromkeys(text[a:b] for i, (a, b) in pieces if i == UNK_ID))
+    known = [(i, end) for i, (_, end) in pieces if i != UNK_ID]
+    kept = known[: max_len - 1]
+    return Source([i for i, _ in kept] + [EOS_ID], unknown, len(known), kept[-1][1] if kept else 0)
 
 
 def max_output_len(model: EncoderDecoder, source_len: int) -> int:
@@ -110,6 +130,6 @@ def translate_texts(
     model: EncoderDecoder, tokenizer: Tokenizer, texts: list[str], target: str, beam_size: int = 4, batch_size: int = 64
 ) -> list[str]:
     """Detokenized translations of `texts` into language `target` ("en", "de", "fr")."""
-    sources = [encode_source(tokenizer, text, model.config.max_len)[0] for text in texts]
+    sources = [encode_source(tokenizer, text, model.config.max_len).ids for text in texts]
     ids = translate_ids(model, sources, language_id(tokenizer, target), beam_size, batch_size)
     return tokenizer.decode_batch(ids, skip_special_tokens=True)

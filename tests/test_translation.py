@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from models.decoding import beam_search, beam_search_batch
+from models.tokenizers import load_tokenizer
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
-from models.translation import EOS_ID, LANGUAGES, PAD_ID, UNK_ID, language_id, train_tokenizer
+from models.translation import EOS_ID, LANGUAGES, PAD_ID, UNK_ID, encode_source, language_id, train_tokenizer
 from training import translation as tr
+from training.common import export
 
 # A made-up parallel corpus: word-for-word captions in the three languages, with the characters
 # (umlauts, accents, apostrophes, punctuation) that the real data has.
@@ -70,7 +72,7 @@ def tiny_checkpoint(tmp_path_factory, corpus) -> Path:
     torch.manual_seed(0)
     module, _ = tr.build(tiny_config(), corpus)
     base = tmp_path_factory.mktemp("checkpoints")
-    tr.export(module, base / "translation", meta={})
+    export(module, base / "translation", meta={})
     return base / "translation"
 
 
@@ -277,6 +279,21 @@ def test_translate_leaves_out_unknown_characters_and_warns(tab):
         tab.translate("🐶🐱 公园", "en", "de")
 
 
+def test_the_tab_reads_a_source_as_evaluation_does(tab, tiny_checkpoint):
+    """One source encoder (models.translation.encode_source) behind the tab and translate_texts."""
+    tokenizer, max_len = load_tokenizer(tiny_checkpoint), TINY_MODEL["max_len"]
+    long = " ".join(["A small dog runs in the garden."] * 20)
+    for text in ("A small dog runs.", "A dog 🐶 runs in the 公园 garden.", long):
+        source = encode_source(tokenizer, text, max_len)
+        ids, notes = tab.read_source(tokenizer, text, max_len)
+        assert ids == source.ids and len(ids) <= max_len and ids[-1] == EOS_ID and UNK_ID not in ids
+        assert source.truncated == any("at most" in note for note in notes)
+        assert "".join(source.unknown) == ("🐶公园" if "🐶" in text else "")
+    cut = encode_source(tokenizer, long, max_len)
+    assert cut.truncated and cut.n_pieces > max_len - 1
+    assert tokenizer.decode(cut.ids[:-1]) == long[: cut.end]  # the pieces kept are the text up to `end`
+
+
 def test_translate_warns_about_very_long_words(tab):
     result = tab.translate("A dog runs in the Gartenstraßenhundespielplatzwiese.", "en", "de", beam_size=1)
     assert any("long words" in note for note in result.notes)
@@ -327,7 +344,7 @@ def test_train_and_evaluate_cli_end_to_end(corpus, tmp_path, capsys):
     )
     history = [json.loads(line) for line in (tmp_path / "translation" / "validation.jsonl").read_text().splitlines()]
     assert summary["steps"] == 40 and [row["step"] for row in history] == [20, 40]
-    assert history[1]["val_loss"] < history[0]["val_loss"] < math.log(150)  # learning, and better than uniform
+    assert history[1]["val/loss"] < history[0]["val/loss"] < math.log(150)  # learning, and better than uniform
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
     metrics = evaluate.main(["translation", "--checkpoint", str(out), "--data-dir", str(corpus), "--limit", "4"])
     assert set(metrics["bleu"]) == set(tr.DIRECTIONS)
