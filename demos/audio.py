@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demos.audio_files import read_audio_file
 from demos.common import (
     CORES,
     AttentionView,
@@ -28,7 +29,7 @@ from demos.common import (
     selector_choices,
     shows_errors,
 )
-from demos.limits import InputRefused, read_audio_file
+from demos.input_checks import InputRefused
 from demos.tools import examples_that_run
 from models.attention_data import Attention
 from models.audio import RoutineNote, log_mel, prepare_waveform

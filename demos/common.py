@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demos.limits import checkpoint_problem
+from demos.checkpoint_checks import checkpoint_problem
 from models.checkpoint import load_model, read_config
 from models.tokenizers import load_tokenizer
 

@@ -24,14 +24,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from demos import common
-from demos.limits import (
-    MAX_BODY_BYTES,
-    MAX_PER_ADDRESS,
-    MAX_PER_SESSION,
-    MAX_TEXT_CHARS,
-    NOT_UPLOADED,
-    checkpoint_problem,
-)
+from demos.checkpoint_checks import checkpoint_problem
+from demos.fair_queue import MAX_BODY_BYTES, MAX_PER_ADDRESS, MAX_PER_SESSION
+from demos.input_checks import MAX_TEXT_CHARS, NOT_UPLOADED
 from tests.app_server import ROOT, AppServer
 
 TIME_S = 30.0  # one hostile request; before the limits the worst took 34 s and +5.7 GB
@@ -474,7 +469,7 @@ def test_the_app_starts_with_damaged_checkpoints_and_the_rest_works(tmp_path, na
 
 
 def test_value_checks_refuse_what_is_not_the_type_they_say():
-    from demos.limits import InputRefused, check_bool, check_number, check_text
+    from demos.input_checks import InputRefused, check_bool, check_number, check_text
 
     assert check_number(3, "n") == 3 and check_number(-0.5, "n") == -0.5 and check_number(None, "n") is None
     for bad, says in (
@@ -499,7 +494,7 @@ def test_value_checks_refuse_what_is_not_the_type_they_say():
 
 
 def test_only_paths_inside_the_upload_folder_are_accepted(tmp_path, monkeypatch):
-    from demos.limits import InputRefused, uploaded_path
+    from demos.input_checks import InputRefused, uploaded_path
 
     uploads = tmp_path / "uploads"
     (uploads / "abc").mkdir(parents=True)
@@ -531,7 +526,7 @@ def test_the_gatekeeper_refuses_large_bodies_even_when_the_app_would_swallow_the
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from demos.limits import Gatekeeper
+    from demos.fair_queue import Gatekeeper
 
     async def echo(request: Request):
         try:  # like FastAPI's body parsing: any error while reading becomes a 400
@@ -557,7 +552,7 @@ def test_truncated_safetensors_header_and_data_are_told_apart(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from demos.limits import safetensors_problem
+    from demos.checkpoint_checks import safetensors_problem
 
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.zeros(1000)}, str(path))
