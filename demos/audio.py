@@ -62,7 +62,7 @@ class AudioResult:
 def read_audio(path: str | Path) -> tuple[int, np.ndarray, list[str]]:
     """An audio file -> (sample rate, float32 mono samples, notes). Raises BadAudio.
 
-    demos.limits.read_audio_file decides from the header how much to decode (a file's cost is
+    demos.audio_files.read_audio_file decides from the header how much to decode (a file's cost is
     bounded by what the model can use, not by what its header claims)."""
     path = Path(path)
     if not path.is_file():

@@ -51,7 +51,7 @@ def checkpoint_present(task: str) -> bool:
 
 
 def has_checkpoint(task: str) -> bool:
-    """Present and not damaged (demos.limits.checkpoint_problem: checked without loading it)."""
+    """Present and not damaged (demos.checkpoint_checks.checkpoint_problem: checked without loading it)."""
     return checkpoint_present(task) and checkpoint_problem(checkpoint_dir(task)) is None
 
 
