@@ -165,7 +165,8 @@ def image_verdict(
         verdict.scores["feature_distance"] = distance
         verdict.scores["feature_threshold"] = stats.threshold
         if distance > stats.threshold and verdict.known:
-            verdict.flag(f"This picture looks unlike the photos the model learned from. {only}; its answer is a guess.")
+            unlike = "This picture looks unlike the photos the model learned from: take its answer with care."
+            verdict.flag(f"{unlike} {only}.")
     if top < LOW_TOP_PROBABILITY and verdict.known:
         verdict.flag(f"The model is unsure (its top class has only {top:.0%}). {only}.")
     return verdict
