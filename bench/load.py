@@ -43,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from demos import registry  # noqa: E402
 from demos.vision import OURS  # noqa: E402
 from tests.app_server import AppServer  # noqa: E402
 from tests.test_hostile import flac_claiming_hours, many_channel_flac, odd_rate_wav, raw_call  # noqa: E402
@@ -111,15 +112,14 @@ def request_args(endpoint: str, rng: random.Random, folder: Path, handle_file) -
     if endpoint == "/classify_audio":
         return (handle_file(str(fresh_clip(folder, rng))), "rollout (all layers)", "mean of heads")
     if endpoint == "/attention_map":
-        task, kind = rng.choice(
-            [("generation", "causal self"), ("translation", "cross"), ("vision", "rollout"), ("audio", "CLS to frames")]
-        )
-        text = f"{rng.choice(PROMPTS)} {rng.choice(['hark', 'sir', 'my lord', 'good night'])}"
-        if task == "translation":
+        model = rng.choice(registry.MODELS)  # every model the app has, each of its attention kinds
+        kind = rng.choice(model.attention_kinds)
+        text = f"{model.example} {rng.choice(['hark', 'sir', 'my lord', 'good night'])}"
+        if model.input == registry.TEXT_TO_LANGUAGE:
             text = rng.choice(SENTENCES[:3])
-        image = handle_file(str(fresh_image(folder, rng))) if task == "vision" else None
-        audio = handle_file(str(fresh_clip(folder, rng))) if task == "audio" else None
-        return (task, kind, "average", "average", text, "de", image, audio)
+        image = handle_file(str(fresh_image(folder, rng))) if model.input == registry.IMAGE else None
+        audio = handle_file(str(fresh_clip(folder, rng))) if model.input == registry.AUDIO else None
+        return (model.task, kind, "average", "average", text, "de", image, audio)
     if endpoint == "/attention_lab":
         return ("the cat sat on the mat", rng.choice(["generation", "translation", "random"]), "causal", True, 1)
     raise ValueError(endpoint)

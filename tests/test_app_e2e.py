@@ -16,11 +16,12 @@ import soundfile as sf
 from gradio_client import Client, handle_file
 from PIL import Image, ImageDraw
 
+from demos import registry
 from tests.app_server import ROOT, AppServer
 
 pytestmark = pytest.mark.slow  # each module starts the app: ~5 s on 2 cores
 
-TASKS = ("generation", "translation", "vision", "audio")
+TASKS = tuple(registry.tasks())  # every model the app has
 ENDPOINTS = {
     "/generate",
     "/next_token",
@@ -200,24 +201,20 @@ def test_classify_audio(client, audio_file):
     assert summary.startswith("Heard ")
 
 
-@pytest.mark.parametrize(
-    ("task", "kind", "text"),
-    [
-        ("generation", "causal self", "ROMEO: hi"),
-        ("translation", "cross", "A dog runs."),
-        ("vision", "rollout", ""),
-        ("audio", "CLS to frames", ""),
-    ],
-)
-def test_attention_map(client, image_file, audio_file, task, kind, text):
-    image = handle_file(str(image_file)) if task == "vision" else None
-    audio = handle_file(str(audio_file)) if task == "audio" else None
+@pytest.mark.parametrize(("task", "kind"), [(m.task, kind) for m in registry.MODELS for kind in m.attention_kinds])
+def test_attention_map(client, image_file, audio_file, task, kind):
+    model = registry.model(task)
+    image = handle_file(str(image_file)) if model.input == registry.IMAGE else None
+    audio = handle_file(str(audio_file)) if model.input == registry.AUDIO else None
     plot, model_view, summary, notes, layer, head = client.predict(
-        task, kind, "2", "average", text, "de", image, audio, api_name="/attention_map"
+        task, kind, "2", "average", model.example, "de", image, audio, api_name="/attention_map"
     )
     c = config(task)
-    layers = c.get("n_layers") or c.get("depth") or c.get("n_decoder_layers")
-    heads = 1 if kind == "rollout" else c.get("n_heads") or c.get("num_heads")
+    if kind == "encoder self":
+        layers = c.get("n_encoder_layers") or c["n_layers"]
+    else:
+        layers = c.get("n_layers") or c["n_decoder_layers"]
+    heads = 1 if kind == "rollout" else c["n_heads"]
     assert plot_json(plot)["data"], "the enlarged map has traces"
     with Image.open(model_view) as picture:
         assert picture.width > 64 and picture.height > 64
@@ -226,7 +223,7 @@ def test_attention_map(client, image_file, audio_file, task, kind, text):
     assert layer["value"] == "2" and len(layer["choices"]) == layers + 1  # 'average' + each layer
     if task == "generation":
         assert summary["data"][0][summary["headers"].index("most attended")]
-    if task in ("vision", "audio"):
+    if model.input in (registry.IMAGE, registry.AUDIO):
         assert "The model" in notes
 
 
