@@ -267,12 +267,16 @@ def train_live(*args, request: gr.Request | None = None):
     _take_slot(key, me)
     try:
         end = time.monotonic() + seconds
+        slice_s = SLICE_S
         while session.play == me and time.monotonic() < end:
             with session.lock:
                 if session.run is None:  # dropped for newer visitors' runs (RUNS_KEPT)
                     return
-                session.run.train_for(min(SLICE_S, max(0.05, end - time.monotonic())))
+                session.run.train_for(min(slice_s, max(0.05, end - time.monotonic())))
+                evaluated = time.monotonic()
                 session.last = session.run.snapshot()
+                # on a busy machine evaluating takes longer: train at least as long as it took
+                slice_s = max(SLICE_S, time.monotonic() - evaluated)
             _take_slot(key, me)  # the heartbeat
             _keep(session)
             yield render(session, view, note)

@@ -30,6 +30,7 @@ TASKS = (*SEQ2SEQ_TASKS, "text")
 POSITIONALS = ("none", "sinusoidal", "learned", "rope")
 RNNS = ("none", "gru", "lstm", "gru+attention", "lstm+attention")
 TRANSFORMER = "transformer"
+DECAY_FROM = 100  # steps at the full rate, at least, before the 1/sqrt(step) decay
 EVAL_EXAMPLES = 128  # validation and held-out examples scored at every snapshot
 
 
@@ -201,9 +202,12 @@ class LiveRun:
     # ------------------------------------------------------------------------------------------
 
     def learning_rate(self, step: int) -> float:
-        """Linear warmup over `warmup` steps, then constant (a run has no planned end to decay to)."""
-        warmup = self.settings.warmup
-        return self.settings.lr * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        """The paper's schedule with its peak at the chosen rate: a linear rise over `warmup` steps,
+        then decay as 1/sqrt(step) (a run has no planned end, and a constant rate let reverse, once
+        learned, spike and lose it). Without warmup the decay starts at step DECAY_FROM."""
+        warmup, t = self.settings.warmup, step + 1
+        rise = min(1.0, t / warmup) if warmup else 1.0
+        return self.settings.lr * rise * min(1.0, math.sqrt(max(warmup, DECAY_FROM) / t))
 
     def _logits(self, learner: Learner, batch, teacher_forcing: float) -> tuple[Tensor, Tensor]:
         """(logits, targets) of a batch under (scheduled) teacher forcing."""

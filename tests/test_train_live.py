@@ -223,7 +223,8 @@ def test_reverse_learns_with_positions_and_its_cross_attention_is_the_anti_diago
 @pytest.mark.slow
 def test_reverse_without_positions_stays_low():
     p = preset("Reverse, no positional")
-    assert train(p.settings(), p.steps).learners[0].history[-1].val_accuracy <= 0.10
+    bag = train(p.settings(), p.steps).learners[0].history[-1]
+    assert bag.val_accuracy <= 0.25 and bag.val_loss > 0.5  # with positions: 98%, loss 0.01 (bench)
     sort = train(p.settings(task="sort"), 600).learners[0].history[-1]
     assert sort.val_accuracy >= 0.5  # sorting needs no order: a bag of letters is enough
 
