@@ -19,8 +19,9 @@ import soundfile as sf
 import torch
 
 from bench.common import tab_latency
-from demos.audio import classify_audio, formant_voice
+from demos.audio import classify_audio
 from demos.common import checkpoint_dir, get_model
+from demos.example_sounds import formant_voice
 from models.audio import prepare_waveform
 
 MIC_RATE = 48000

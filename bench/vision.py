@@ -20,7 +20,8 @@ from PIL import Image
 
 from bench.common import tab_latency
 from demos.common import checkpoint_dir, get_model
-from demos.vision import classify_image, draw_examples
+from demos.example_pictures import draw_examples
+from demos.vision import classify_image
 from models.vision import preprocess
 
 

@@ -137,7 +137,8 @@ def _cifar_test_image_the_model_is_sure_of() -> np.ndarray:
 
 
 def test_drawn_examples_are_classified_as_what_they_show(tmp_path):
-    from demos.vision import classify_image, draw_examples
+    from demos.example_pictures import draw_examples
+    from demos.vision import classify_image
 
     _needs("vision")
     shows = {

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from demos import vision as tab
+from demos.example_pictures import draw_examples
 from models.analysis import attention_rollout
 from models.checkpoint import load_model, save_checkpoint
 from models.vision import VisionClassifier, ViTConfig, preprocess, to_rgb
@@ -549,7 +550,7 @@ def test_selectors_follow_the_chosen_model():
 
 
 def test_examples_are_drawn_pictures(tmp_path):
-    paths = tab.draw_examples(tmp_path)
+    paths = draw_examples(tmp_path)
     assert len(paths) == 5
     for path in paths:
         with Image.open(path) as image:
@@ -584,6 +585,6 @@ def test_shipped_checkpoint_classifies_a_drawn_example(tmp_path):
     assert sum(p.numel() for p in model.parameters()) <= 7_000_000
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert size < 12 * 2**20
-    result = tab.classify_image(tab.draw_examples(tmp_path)[0])
+    result = tab.classify_image(draw_examples(tmp_path)[0])
     assert len(result.top5) == 5 and sum(result.top5.values()) <= 1 + 1e-6
     assert result.rollout.sum() == pytest.approx(1, abs=1e-5)
