@@ -5,6 +5,7 @@ showing the log-mel spectrogram it heard and, under it, which moments its CLS to
 it); `build()` lays out the tab. Files are read with soundfile (WAV of any bit depth, FLAC, OGG,
 ...); a recording of any rate, channel count and length is brought to the model's 8 kHz mono by
 `models.audio.prepare_waveform`, and whatever cannot be used is refused with a sentence saying why.
+The example recordings are synthesised in demos/example_sounds.py.
 """
 
 from __future__ import annotations

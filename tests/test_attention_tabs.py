@@ -489,17 +489,17 @@ def test_heatmaps_label_every_token_and_share_one_colour_scale(with_all):
 
 
 def test_imagenet_choice_is_offered_only_when_it_can_work(with_all, monkeypatch):
-    from demos import vision
+    from demos import pretrained_vit, vision
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(vision, "weights_cached", lambda name: False)
+    monkeypatch.setattr(pretrained_vit, "weights_cached", lambda name: False)
     assert "cannot be reached" in vision.pretrained_unavailable()
     demo = _build(vision)
     radios = [b for b in demo.blocks.values() if isinstance(b, gr.Radio) and b.label == "Model"]
     assert [c[1] for c in radios[0].choices] == [vision.OURS]
     notes = " ".join(b.value or "" for b in demo.blocks.values() if isinstance(b, gr.Markdown))
     assert "not offered here" in notes
-    monkeypatch.setattr(vision, "weights_cached", lambda name: True)
+    monkeypatch.setattr(pretrained_vit, "weights_cached", lambda name: True)
     assert vision.pretrained_unavailable() is None
 
 

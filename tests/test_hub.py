@@ -348,10 +348,10 @@ def test_the_page_is_built_without_timm():
     import timm (~2 s) or load the ViT; they load after the page answers (app.py)."""
     import os
 
-    from demos import vision
+    from demos import pretrained_vit
     from models.vision import PRETRAINED_VIT
 
-    assert vision.PRETRAINED_VIT == PRETRAINED_VIT
+    assert pretrained_vit.PRETRAINED_VIT == PRETRAINED_VIT
     code = "import sys, app; app.build_app(); print('timm' in sys.modules)"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from demos import pretrained_vit
 from demos import vision as tab
 from demos.example_pictures import draw_examples
 from models.analysis import attention_rollout
@@ -505,7 +506,7 @@ def test_pretrained_wrapper_describes_the_timm_model(imagenet_architecture):
 def test_pretrained_choice_runs_the_whole_tab_path(imagenet_architecture, monkeypatch):
     from models.vision import PRETRAINED_VIT
 
-    monkeypatch.setitem(tab._pretrained, PRETRAINED_VIT, imagenet_architecture)
+    monkeypatch.setitem(pretrained_vit._pretrained, PRETRAINED_VIT, imagenet_architecture)
     result = tab.classify_image(Image.fromarray(photo(size=(300, 200))), "imagenet")
     assert len(result.top5) == 5 and set(result.top5) <= set(imagenet_architecture.config.class_names)
     assert result.model_view.shape == (224, 224, 3)
@@ -521,9 +522,9 @@ def test_pretrained_choice_offline_says_it_needs_the_network(monkeypatch):
     import gradio as gr
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(tab, "weights_cached", lambda name: False)
-    monkeypatch.setattr(tab, "_pretrained", {})
-    with pytest.raises(tab.PretrainedUnavailable, match="needs the network once"):
+    monkeypatch.setattr(pretrained_vit, "weights_cached", lambda name: False)
+    monkeypatch.setattr(pretrained_vit, "_pretrained", {})
+    with pytest.raises(pretrained_vit.PretrainedUnavailable, match="needs the network once"):
         tab.classify_image(Image.fromarray(photo()), "imagenet")
     with pytest.raises(gr.Error, match="works offline"):
         tab.classify_handler(Image.fromarray(photo()), "average", "average", tab.IMAGENET)
@@ -538,7 +539,7 @@ def test_hub_check_is_quick_offline(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    assert not tab.hub_reachable()
+    assert not pretrained_vit.hub_reachable()
     assert time.perf_counter() - start < 0.1
 
 
