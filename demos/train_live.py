@@ -338,7 +338,9 @@ def build() -> None:
             preset = gr.Dropdown(PRESET_NAMES, value=PRESET_NAMES[0], label="Preset (one lesson each)")
             lesson = gr.Markdown("Choose a preset to see what it shows.")
             task = gr.Dropdown(list(TASKS), value=d.task, label="Task")
-            text = gr.Textbox(SAMPLE_TEXT, lines=4, label="Your text (task 'text')", max_length=2000)
+            text = gr.Textbox(
+                SAMPLE_TEXT, lines=4, max_lines=8, label="Your text (task 'text')", max_length=2000, visible=False
+            )
             with gr.Row():
                 layers = gr.Slider(1, 4, d.layers, step=1, label="Layers")
                 heads = gr.Slider(1, 8, d.heads, step=1, label="Heads")
@@ -382,3 +384,4 @@ def build() -> None:
     listen(view.change, show_attention, [view, session], [attention])
     preset_knobs = [task, layers, heads, width, positional, scaled, causal, norm, lr, warmup, smoothing, dropout, rnn]
     listen(preset.change, apply_preset, [preset], [*preset_knobs, lesson])
+    listen(task.change, lambda name: gr.update(visible=name == "text"), [task], [text])

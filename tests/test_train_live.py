@@ -329,7 +329,7 @@ def test_one_trainer_at_a_time_and_bad_inputs_get_sentences(server):
         ({"seconds": 600}, "greater than maximum value 60"),
         ({"width": 48, "heads": 5}, "must split into 5 heads of an even size"),
         ({"positional": "absolute"}, "absolute"),
-        ({"lr": 0}, "Learning rate must be between"),
+        ({"lr": 0}, "Value 0 is less than minimum value 1e-05"),
         ({"task": "text", "text": "Too short to learn from."}, "The text is too short"),
     ]:
         with pytest.raises(Exception, match=message):
