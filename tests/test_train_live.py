@@ -185,6 +185,26 @@ def test_memory_holds_a_bounded_number_of_runs():
     assert kept == [False] * 2 + [True] * 8 and train_live.RUNS_KEPT == 8
 
 
+def test_pause_stops_the_stream_and_play_resumes_the_same_run():
+    """In-process: the handler's own logic, without a server (request=None)."""
+    args = knobs(seconds=30)[:-2]
+    stream = train_live.train_live(*args, 30, "cross", None)
+    session, status, *_ = next(stream)
+    steps = steps_in(status)
+    train_live.pause(session)
+    with pytest.raises(StopIteration):  # a newer press exists: the stream ends at the next slice
+        next(stream)
+    run = session.run
+    session, status, *_ = next(train_live.train_live(*args, 1, "cross", session))
+    assert session.run is run and steps_in(status) > steps  # the same run went on
+    session, status, *_ = train_live.train_step(*args, "cross", session)
+    assert session.run is run
+    changed = knobs(seconds=1, layers=1)[:-2]
+    session, status, *_ = next(train_live.train_live(*changed, 1, "cross", session))
+    assert session.run is not run and status.startswith("A new run started.")
+    assert train_live.reset(session)[0].run is None and not train_live._running  # no slot left behind
+
+
 def train(settings: Settings, steps: int) -> LiveRun:
     run = LiveRun(settings)
     run.train_for(1e9, max_steps=steps)
