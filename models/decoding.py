@@ -13,6 +13,7 @@ context_len tokens and reads them from position 0, refilling its cache every ste
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +54,21 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     return logits.softmax(-1)
 
 
+@contextmanager
+def _one_thread():
+    """One token's matrix-vector products are too small to share between cores: waking a second
+    thread costs more than it saves, and far more when the other core is busy."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _Stepper:
     """Feeds a growing sequence to a Decoder, with or without the KV cache."""
 
@@ -70,14 +86,16 @@ class _Stepper:
             if self.cache is None:  # the prompt, all of it, through the sliding window
                 self.cache = decoder.new_cache()
                 return decoder.step(tokens, self.cache)[:, -1]
-            return decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
+            with _one_thread():
+                return decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
         cropped = tokens[:, -decoder.context_len :]
         if not self.use_cache:
             return decoder.step(cropped, None)[:, -1]
         if self.cache is None or length > decoder.context_len:  # (re)fill from the visible window
             self.cache = decoder.new_cache()
             return decoder.step(cropped, self.cache)[:, -1]
-        return decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
+        with _one_thread():
+            return decoder.step(tokens[:, -n_new:], self.cache)[:, -1]
 
 
 @torch.inference_mode()

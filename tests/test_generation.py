@@ -278,6 +278,20 @@ def test_cache_on_and_off_decode_the_same_tokens_far_past_the_context(temperatur
     torch.testing.assert_close(runs[True][1], runs[False][1])
 
 
+def test_cached_steps_run_on_one_thread_and_give_the_threads_back():
+    model, seen = windowed_gpt(), []
+    step = model.step
+    model.step = lambda tokens, cache, position=0: seen.append(torch.get_num_threads()) or step(tokens, cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        list(sample(model, torch.tensor([[1, 2, 3]]), 4, 1.0))
+        assert seen == [2, 1, 1, 1]  # the prompt on both threads, each new token on one
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_shipped_model_writes_the_same_1000_characters_with_and_without_the_cache():
     if not (folder := ROOT / "checkpoints" / "generation").joinpath("config.json").exists():
