@@ -25,6 +25,7 @@ from demos.common import (
     has_checkpoint,
     missing_message,
     parse_selector,
+    scores_label,
     selector_choices,
     shows_errors,
 )
@@ -217,7 +218,8 @@ def classify_handler(audio, layer_name: str = ROLLOUT, head_name: str = MEAN):
         if not isinstance(note, RoutineNote):  # routine steps are listed, not warned
             gr.Warning(note)
     summary = f"Heard {result.duration_s:.2f} s after trimming silence." + "".join(f"\n- {n}" for n in result.notes)
-    return result.top3, figure, summary, result
+    doubt = None if result.verdict.known else "No clear digit heard: the model's guesses, not an answer"
+    return scores_label(result.top3, "Top 3 digits", doubt), figure, summary, result
 
 
 def build() -> None:

@@ -151,6 +151,16 @@ def warn(notes: Iterable[str]) -> None:
         gr.Warning(str(note))
 
 
+def scores_label(scores: dict[str, float], title: str, doubt: str | None = None) -> dict:
+    """An update for a gr.Label showing a classifier's top scores. When the model has reason to
+    doubt its answer (`doubt`: a title saying so), the big headline naming the top class is
+    hidden and the title says why, so a tone is not announced as "two" in large letters; the
+    scores themselves stay visible."""
+    import gradio as gr
+
+    return gr.update(value=scores, label=doubt or title, show_heading=doubt is None)
+
+
 def shows_errors(fn: Callable) -> Callable:
     """Decorate an event handler: a UserError it raises becomes a gr.Error with the same sentence
     (no traceback reaches the page or the API caller). Works for streaming handlers too."""

@@ -323,5 +323,6 @@ def build() -> None:
     plots = []
     for family in FAMILIES:
         gr.Markdown(family_note(family))
-        plots.append(gr.Plot(label=family.title))
+        # the note above names the family; a label would sit over the start of the map's title
+        plots.append(gr.Plot(label=family.title, show_label=False))
     listen(compare.click, _on_compare, [text], plots, api_name="compare_families")

@@ -368,7 +368,7 @@ def build() -> None:
                 reset_button = gr.Button("Reset")
         with gr.Column(scale=2):
             status = gr.Markdown("Press Play to train.")
-            curves = gr.Plot(label="Learning curves")
+            curves = gr.Plot(label="Learning curves", show_label=False)  # a label would cover a subplot title
             view = gr.Radio(list(ATTENTION_VIEWS), value="cross", label="Attention")
             attention = gr.Plot(label="Attention, every layer (rows) and head (columns)")
             samples = gr.Dataframe(label="Predictions on validation examples", wrap=True)

@@ -31,6 +31,7 @@ from demos.common import (
     has_checkpoint,
     missing_message,
     parse_selector,
+    scores_label,
     shows_errors,
 )
 from demos.common import selector_choices as selector_choices_for
@@ -267,8 +268,10 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
         raise gr.Error(str(err)) from None
     for note in result.notes:
         gr.Warning(note)
+    unsure = result.verdict is not None and not result.verdict.known
+    doubt = "Unsure: this may be none of the ten classes it knows (its guesses)" if unsure else None
     return (
-        result.top5,
+        scores_label(result.top5, "Top 5", doubt),
         enlarge(result.model_view),
         overlay(result.display, result.rollout),
         chosen,
