@@ -103,10 +103,15 @@ def open_tab(page, name: str):
     return panel
 
 
-def screenshot(page, name: str) -> Path:
-    """The top SHOT_HEIGHT px of the page (the tab's controls and results) as a small palette PNG."""
+def screenshot(page, name: str, keep_toasts: bool = False) -> Path:
+    """The top SHOT_HEIGHT px of the page (the tab's controls and results) as a small palette PNG.
+    Warnings left over from another tab are closed first, unless the tab's own are the point."""
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
+    if not keep_toasts:
+        for close in page.locator(".toast-close").all():
+            if close.is_visible():
+                close.click()
     page.wait_for_timeout(300)  # let plots finish their transition
     height = min(SHOT_HEIGHT, page.evaluate("document.documentElement.scrollHeight"))
     page.screenshot(path=path, full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": height})
@@ -198,7 +203,7 @@ def test_audio_upload_and_classify(page, inputs):
     panel.get_by_role("button", name="Classify", exact=True).click()
     panel.get_by_text("after trimming silence").wait_for()
     assert len(digits_shown(panel.inner_text())) == 3, "the top 3 digits are listed"
-    screenshot(page, "audio")
+    screenshot(page, "audio", keep_toasts=True)
 
 
 def digits_shown(text: str) -> list[str]:
