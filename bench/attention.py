@@ -262,27 +262,5 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def describe(report: dict) -> str:
-    """One line naming a stored run: which device, how many threads, which clock."""
-    threads = report.get("threads")
-    parts = [report.get("device_name") or report.get("device", "?")]
-    if report.get("device") == "cpu":
-        parts.append(f"{threads} thread{'s' if threads != 1 else ''}, {report.get('clock', 'wall')} time")
-    return f"{report.get('name', '?')}: " + ", ".join(parts)
-
-
-def load_results(folder: Path) -> list[dict]:
-    """Every stored bench JSON (bench/results/attention_*.json), for the app's efficiency view."""
-    results = []
-    for path in sorted(folder.glob("attention_*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        data["name"] = path.stem.removeprefix("attention_")
-        results.append(data)
-    return results
-
-
 if __name__ == "__main__":
     main()
