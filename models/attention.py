@@ -236,6 +236,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         rope: RotaryEmbedding | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
@@ -248,6 +249,10 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W_O mixes the heads
         self.dropout = dropout
         self.rope = rope
+        # QK-norm: RMSNorm on each head's queries and keys (a learned gain per channel) bounds the
+        # scores, so large learning rates cannot blow up the softmax; None leaves q and k as projected
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
         # the factor on Q K^T: None is the paper's 1/sqrt(d_k); 1.0 switches the scaling off (the
         # Train tab's experiment: wide heads then saturate the softmax)
         self.scale: float | None = None
@@ -255,6 +260,16 @@ class MultiHeadAttention(nn.Module):
     def split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def queries(self, x: Tensor) -> Tensor:
+        """x (batch, T, d_model) -> per-head queries (batch, heads, T, head_dim), QK-normed if on."""
+        q = self.split_heads(self.q_proj(x))
+        return q if self.q_norm is None else self.q_norm(q)
+
+    def keys(self, source: Tensor) -> Tensor:
+        """Per-head keys of `source`, QK-normed if on (RoPE, when used, comes after)."""
+        k = self.split_heads(self.k_proj(source))
+        return k if self.k_norm is None else self.k_norm(k)
 
     def forward(
         self,
@@ -272,12 +287,12 @@ class MultiHeadAttention(nn.Module):
         position: absolute position of x's first token (for RoPE with a cache).
         window: with `causal`, each query sees at most the last `window` keys, itself included.
         """
-        q = self.split_heads(self.q_proj(x))
+        q = self.queries(x)
         if context is not None and cache is not None and len(cache):
             k, v = cache.k, cache.v  # cross-attention: the encoder output never changes
         else:
             source = x if context is None else context
-            k = self.split_heads(self.k_proj(source))
+            k = self.keys(source)
             v = self.split_heads(self.v_proj(source))
             if self.rope is not None and context is None:
                 q = self.rope(q, position)

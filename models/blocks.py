@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from models.attention import DecoderCache, MultiHeadAttention
 from models.positional import RotaryEmbedding
+
+
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (So et al. 2021, "Primer"): as cheap as ReLU, and small GPTs train faster with it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x).square()
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "relu2": ReLUSquared}
 
 
 class FeedForward(nn.Module):
@@ -21,8 +32,10 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "gelu", bias: bool = True):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose one of {sorted(ACTIVATIONS)}")
         self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
-        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -90,9 +103,10 @@ class DecoderLayer(nn.Module):
         cross_attention: bool = True,
         rope: RotaryEmbedding | None = None,
         bias: bool = True,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias, rope=rope)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias, rope=rope, qk_norm=qk_norm)
         self.self_residual = Residual(d_model, dropout, norm_first)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias=bias) if cross_attention else None
         self.cross_residual = Residual(d_model, dropout, norm_first) if cross_attention else None

@@ -122,8 +122,8 @@ def _attention(
     reads = residual.norm(x) if residual.norm_first else x
     source = reads if context is None else context
     q, k, v = (
-        attn.split_heads(attn.q_proj(reads)),
-        attn.split_heads(attn.k_proj(source)),
+        attn.queries(reads),  # QK-normed when the model has QK-norm
+        attn.keys(source),
         attn.split_heads(attn.v_proj(source)),
     )
     q_rot = k_rot = None

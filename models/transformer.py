@@ -56,6 +56,9 @@ class GPTConfig:
     positional: str = "rope"  # rope | learned | sinusoidal
     norm_first: bool = True
     bias: bool = False
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention
+    activation: str = "gelu"  # gelu | relu | relu2 (ReLU squared)
+    tie_weights: bool = True  # the output head reuses the token embedding matrix
 
 
 class GPT(nn.Module, HubMixin):
@@ -71,12 +74,15 @@ class GPT(nn.Module, HubMixin):
         rope = RotaryEmbedding(c.d_model // c.n_heads) if c.positional == "rope" else None
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(
-            DecoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, "gelu", False, rope=rope, bias=c.bias)
+            DecoderLayer(
+                c.d_model, c.n_heads, c.d_ff, c.dropout, c.norm_first, c.activation, False, rope, c.bias, c.qk_norm
+            )
             for _ in range(c.n_layers)
         )
         self.norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
-        self.lm_head.weight = self.embed.weight  # weight tying (Press & Wolf 2017)
+        if c.tie_weights:
+            self.lm_head.weight = self.embed.weight  # weight tying (Press & Wolf 2017)
         self.apply(init_weights)
 
     @property

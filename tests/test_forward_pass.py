@@ -67,6 +67,16 @@ def test_gpt_trace_equals_the_models_forward_pass():
         {"n_layers": 3, "n_heads": 2, "d_model": 32, "d_ff": 64, "positional": "learned", "context_len": 40},
         {"n_layers": 1, "n_heads": 4, "d_model": 48, "d_ff": 96, "positional": "sinusoidal", "bias": True},
         {"n_layers": 2, "n_heads": 2, "d_model": 16, "d_ff": 32, "positional": "rope", "norm_first": False},
+        {
+            "n_layers": 2,
+            "n_heads": 2,
+            "d_model": 16,
+            "d_ff": 32,
+            "positional": "rope",
+            "qk_norm": True,
+            "activation": "relu2",
+            "tie_weights": False,
+        },
     ],
 )
 def test_trace_works_for_any_gpt_the_loader_builds(config):

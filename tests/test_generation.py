@@ -414,3 +414,47 @@ def test_generate_endpoint_streams_and_explains_bad_values(tiny_checkpoint, monk
         assert client.predict("the", 0.5, 10, 1.0, api_name="/next_token") is not None
     finally:
         demo.close()
+
+
+# --- options from fast small-GPT training: QK-norm, ReLU^2, an untied head ---------------------
+
+FAST_OPTIONS = [{"qk_norm": True}, {"activation": "relu2"}, {"tie_weights": False}]
+
+
+@pytest.mark.parametrize("option", FAST_OPTIONS, ids=lambda o: next(iter(o)))
+def test_each_option_changes_the_forward_and_survives_the_checkpoint(option, tmp_path):
+    base, model = windowed_gpt(seed=5), windowed_gpt(seed=5, **option)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(".q_norm." in k or ".k_norm." in k or k == "lm_head.weight" for k in missing)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_norm." in name:  # QK-norm gains away from 1, so they matter
+                p.copy_(torch.rand_like(p) + 0.5)
+            if name == "lm_head.weight":  # untied: the head is its own matrix
+                p.add_(torch.randn_like(p) * 0.1)
+    idx = torch.randint(0, 11, (2, 8))
+    assert (model(idx).logits - base(idx).logits).abs().max() > 1e-3
+    if "tie_weights" in option:
+        assert model.lm_head.weight is not model.embed.weight and "lm_head.weight" in model.state_dict()
+
+    save_checkpoint(tmp_path, model, dtype=torch.float32)
+    loaded = load_model(tmp_path).double()
+    assert all(getattr(loaded.config, key) == value for key, value in option.items())
+    torch.testing.assert_close(loaded(idx).logits, model(idx).logits, rtol=0, atol=1e-6)
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match="unknown activation"):
+        GPT(GPTConfig(activation="swish"))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cache_on_and_off_agree_with_every_fast_option_on(temperature):
+    model = windowed_gpt(seed=6, qk_norm=True, activation="relu2", tie_weights=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_norm." in name:
+                p.copy_(torch.rand_like(p) + 0.5)
+    runs = decode_both_ways(model, [1, 2, 3], 60, temperature, seed=4)  # far past the context of 8
+    assert torch.equal(runs[True][0], runs[False][0])
+    torch.testing.assert_close(runs[True][1], runs[False][1])

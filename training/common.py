@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from models.checkpoint import save_checkpoint
 from models.schedules import warmup_cosine
 from models.tokenizers import save_tokenizer
+from training.muon import MuonWithAdamW, hidden_matrices
 
 TASKS = ("generation", "translation", "vision", "audio", "mlm")
 
@@ -45,6 +46,9 @@ class TrainingConfig:
     compile: bool = False  # torch.compile what the task hands to `compiled` (training speed only)
     val_every: int = 250  # steps between validations
     label_smoothing: float = 0.0
+    optimizer: str = "adamw"  # "muon": Muon for hidden weight matrices, AdamW (lr) for the rest
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
 
 
 def load_config(config_cls: type, path: str | Path | None, overrides: list[str] = ()):
@@ -143,15 +147,26 @@ def configure_adamw(module: L.LightningModule, config: TrainingConfig, clock: Tr
     a cosine down to `min_lr_ratio` over the clock's progress (steps or time, whichever is further
     along; steps alone without a clock). Parameters that a submodule's `no_weight_decay()` names
     (timm's convention: a ViT's `pos_embed` and `cls_token`) are not decayed either: decay would
-    pull learned positions and the CLS token towards zero. Returns what `configure_optimizers` returns."""
+    pull learned positions and the CLS token towards zero. With `optimizer: muon` the hidden weight
+    matrices (training.muon.hidden_matrices) take Muon at `muon_lr` instead, without weight decay,
+    under the same schedule. Returns what `configure_optimizers` returns."""
+    if config.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"unknown optimizer {config.optimizer!r}: choose adamw or muon")
     excluded = no_weight_decay_names(module)
+    matrices = hidden_matrices(module) if config.optimizer == "muon" else []
+    muon_ids = {id(p) for p in matrices}
     decay, no_decay = [], []
     for name, p in module.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in muon_ids:
             (decay if p.dim() >= 2 and name not in excluded else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = torch.cuda.is_available()  # one kernel for the whole update on the GPU
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
+    if matrices:  # Muon on the hidden matrices (training/muon.py), AdamW on everything else
+        optimizer = MuonWithAdamW(
+            matrices, groups, config.muon_lr, config.muon_momentum, config.lr, config.betas, fused=fused
+        )
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
     total = config.max_steps
 
     def multiplier(step: int) -> float:
