@@ -70,6 +70,7 @@ def test_vision_gpu_recipe_fits_the_parameter_budget():
 # in a minute. A typo in a config or a key the code does not know fails here. The README's
 # retraining section gives the same commands with the full validation.
 DRY_RUN = {
+    "generation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false"],
     "translation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true"],
     "vision": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false", "val_size=500"],
     "audio": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false", "num_workers=0"],
