@@ -253,8 +253,9 @@ def attention_lab(
         x = layer.positional(x)
         positional = (x - embeddings[None])[0]
     x_attention = layer.norm(x) if layer.norm is not None else x
-    # 2. Q = X W_Q, K = X W_K, V = X W_V, split into heads (the module's own projections)
-    q, k, v = (mha.split_heads(proj(x_attention)) for proj in (mha.q_proj, mha.k_proj, mha.v_proj))
+    # 2. Q = X W_Q, K = X W_K, V = X W_V, split into heads (the module's own projections, and its
+    # QK-norm where the model has one)
+    q, k, v = mha.queries(x_attention), mha.keys(x_attention), mha.split_heads(mha.v_proj(x_attention))
     if mha.rope is not None:
         q, k = mha.rope(q), mha.rope(k)
     # 3.-6. scores, scaling, mask, softmax: the formula of models.attention, written out

@@ -21,11 +21,11 @@ from demos.common import (
     CORES,
     AttentionView,
     UserError,
+    doubt_label,
     get_model,
     has_checkpoint,
     missing_message,
     parse_selector,
-    scores_label,
     selector_choices,
     shows_errors,
 )
@@ -218,8 +218,13 @@ def classify_handler(audio, layer_name: str = ROLLOUT, head_name: str = MEAN):
         if not isinstance(note, RoutineNote):  # routine steps are listed, not warned
             gr.Warning(note)
     summary = f"Heard {result.duration_s:.2f} s after trimming silence." + "".join(f"\n- {n}" for n in result.notes)
-    doubt = None if result.verdict.known else "No clear digit heard: the model's guesses, not an answer"
-    return scores_label(result.top3, "Top 3 digits", doubt), figure, summary, result
+    return result.top3, figure, summary, result
+
+
+def label_doubt(result: AudioResult | None) -> dict:
+    """The top-3 label's headline and title for a result (demos.common.doubt_label)."""
+    unsure = result is not None and result.verdict is not None and not result.verdict.known
+    return doubt_label("Top 3 digits", "No clear digit heard: the model's guesses, not an answer" if unsure else None)
 
 
 def build() -> None:
@@ -261,13 +266,15 @@ def build() -> None:
     plot = gr.Plot(label="Log-mel spectrogram and CLS attention over time")
     state = gr.State()
 
-    run.click(
+    classified = run.click(
         classify_handler,
         [audio, layer, head],
         [top3, plot, notes, state],
         api_name="classify_audio",
         concurrency_id=CORES,
     )
-    examples_that_run(example_set, classify_handler, [audio, layer, head], [top3, plot, notes, state])
+    example_run = examples_that_run(example_set, classify_handler, [audio, layer, head], [top3, plot, notes, state])
+    for event in (classified, example_run):
+        event.success(label_doubt, state, top3, api_visibility="private", concurrency_id=CORES)
     for control in (layer, head):
         control.change(shows_errors(redraw), [state, layer, head], plot, api_visibility="private", concurrency_id=CORES)

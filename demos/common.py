@@ -151,14 +151,14 @@ def warn(notes: Iterable[str]) -> None:
         gr.Warning(str(note))
 
 
-def scores_label(scores: dict[str, float], title: str, doubt: str | None = None) -> dict:
-    """An update for a gr.Label showing a classifier's top scores. When the model has reason to
-    doubt its answer (`doubt`: a title saying so), the big headline naming the top class is
-    hidden and the title says why, so a tone is not announced as "two" in large letters; the
-    scores themselves stay visible."""
+def doubt_label(title: str, doubt: str | None = None) -> dict:
+    """An update for a gr.Label of a classifier's top scores: when the model has reason to doubt
+    its answer (`doubt`: a title saying so), the large headline naming the top class is hidden
+    and the title says why, so a tone is not announced as "two" in large letters; the scores stay.
+    It runs after the classifying event, in the page only, so API callers keep a plain label."""
     import gradio as gr
 
-    return gr.update(value=scores, label=doubt or title, show_heading=doubt is None)
+    return gr.update(label=doubt or title, show_heading=doubt is None)
 
 
 def shows_errors(fn: Callable) -> Callable:

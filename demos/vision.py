@@ -27,11 +27,11 @@ from demos.common import (
     UserError,
     checkpoint_config,
     checkpoint_dir,
+    doubt_label,
     get_model,
     has_checkpoint,
     missing_message,
     parse_selector,
-    scores_label,
     shows_errors,
 )
 from demos.common import selector_choices as selector_choices_for
@@ -268,14 +268,20 @@ def classify_handler(payload, layer_name: str = "average", head_name: str = "ave
         raise gr.Error(str(err)) from None
     for note in result.notes:
         gr.Warning(note)
-    unsure = result.verdict is not None and not result.verdict.known
-    doubt = "Unsure: this may be none of the ten classes it knows (its guesses)" if unsure else None
     return (
-        scores_label(result.top5, "Top 5", doubt),
+        result.top5,
         enlarge(result.model_view),
         overlay(result.display, result.rollout),
         chosen,
         result,
+    )
+
+
+def label_doubt(result: ImageResult | None) -> dict:
+    """The top-5 label's headline and title for a result (demos.common.doubt_label)."""
+    unsure = result is not None and result.verdict is not None and not result.verdict.known
+    return doubt_label(
+        "Top 5", "Unsure: this may be none of the ten classes it knows (its guesses)" if unsure else None
     )
 
 
@@ -330,7 +336,7 @@ def build() -> None:
 
     # preprocess=False: the raw upload reaches classify_image, which opens it safely and can
     # say what is wrong with it (gr.Image's own decoding would fail with a generic error)
-    run.click(
+    classified = run.click(
         classify_handler,
         [photo, layer, head, model],
         [label, view, rollout, cls_map, state],
@@ -339,7 +345,11 @@ def build() -> None:
         preprocess=False,
     )
     outputs = [label, view, rollout, cls_map, state]
-    examples_that_run(example_set, classify_handler, [photo, layer, head, model], outputs, preprocess=False)
+    example_run = examples_that_run(
+        example_set, classify_handler, [photo, layer, head, model], outputs, preprocess=False
+    )
+    for event in (classified, example_run):
+        event.success(label_doubt, state, label, api_visibility="private", concurrency_id=CORES)
     for control in (layer, head):
         control.change(
             shows_errors(pick_map), [state, layer, head], cls_map, api_visibility="private", concurrency_id=CORES

@@ -312,7 +312,7 @@ def test_tab_builds_and_handler_raises_gradio_errors(tiny_checkpoint, tmp_path):
     with pytest.raises(gr.Error):
         audio.classify_handler(None)
     top3, figure, notes, result = audio.classify_handler(audio.examples()[0][0], "layer 1", "head 2")
-    assert len(top3["value"]) == 3 and figure is not None and "Heard" in notes
+    assert len(top3) == 3 and figure is not None and "Heard" in notes
     assert audio.redraw(result, "rollout (all layers)", "mean of heads") is not None
 
 

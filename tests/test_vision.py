@@ -464,7 +464,7 @@ def test_handler_turns_mistakes_into_gradio_messages(tiny_checkpoint, tmp_path):
     label, view, rollout, cls_map, result = tab.classify_handler(
         {"path": str(tmp_path / "ok.png")}, "layer 2", "head 1"
     )
-    assert len(label["value"]) == 5 and view.shape == rollout.shape == cls_map.shape == (tab.DISPLAY, tab.DISPLAY, 3)
+    assert len(label) == 5 and view.shape == rollout.shape == cls_map.shape == (tab.DISPLAY, tab.DISPLAY, 3)
     assert np.array_equal(cls_map, tab.overlay(result.display, result.cls_attention[1, 0]))
 
 
