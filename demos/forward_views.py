@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from models.blocks import ACTIVATIONS
 from models.introspect import AttentionTrace, FeedForwardTrace, ForwardTrace
 
 SHOW_DIMS = 8  # columns of the small matrices
@@ -210,7 +211,7 @@ def activation_figure(ff: FeedForwardTrace, p: int) -> go.Figure:
     hidden, active = ff.hidden[p], ff.activated[p]
     lo, hi = float(hidden.min()) - 0.5, float(hidden.max()) + 0.5
     grid = torch.linspace(lo, hi, 200)
-    curve = torch.relu(grid) if ff.activation == "relu" else torch.nn.functional.gelu(grid)
+    curve = ACTIVATIONS[ff.activation]()(grid)  # the model's own activation, whichever it uses
     fig = go.Figure()
     fig.add_scatter(x=grid.tolist(), y=curve.tolist(), mode="lines", name=ff.activation.upper(), line={"color": "#888"})
     fig.add_scatter(

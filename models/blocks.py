@@ -35,6 +35,7 @@ class FeedForward(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose one of {sorted(ACTIVATIONS)}")
         self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.activation = activation  # its name in ACTIVATIONS, for views that draw its curve
         self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)

@@ -166,7 +166,6 @@ def _feed_forward(residual: Residual, layer: DecoderLayer, x: Tensor) -> FeedFor
     output = ff.fc2(activated)
     after = x + output if residual.norm_first else residual.norm(x + output)
     gamma, beta = _norm_parts(residual.norm, x.size(-1))
-    activation = "relu" if isinstance(ff.act, nn.ReLU) else "gelu"
     return FeedForwardTrace(
         "feed-forward",
         residual.norm_first,
@@ -176,7 +175,7 @@ def _feed_forward(residual: Residual, layer: DecoderLayer, x: Tensor) -> FeedFor
         after[0],
         gamma,
         beta,
-        activation=activation,
+        activation=ff.activation,
         hidden=hidden[0],
         activated=activated[0],
     )

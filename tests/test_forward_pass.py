@@ -92,6 +92,13 @@ def test_trace_works_for_any_gpt_the_loader_builds(config):
     walk_steps = fp.views.walkthrough_steps(trace)
     per_layer = 7 if model.config.norm_first else 5
     assert len(walk_steps) == 1 + per_layer * config["n_layers"] + 5
+    # the feed-forward view names and draws the activation the model really uses
+    ff = trace.layers[0][1]
+    assert ff.activation == config.get("activation", "gelu")
+    curve = fp.views.activation_figure(ff, 3).data[0]
+    x = torch.tensor(curve.x)
+    expected = {"gelu": torch.nn.functional.gelu(x), "relu": torch.relu(x), "relu2": torch.relu(x) ** 2}
+    torch.testing.assert_close(torch.tensor(curve.y), expected[ff.activation])
 
 
 @needs_translation
