@@ -1,11 +1,13 @@
-"""What the latency benches share: timing a call, percentiles, the table and the hardware line."""
+"""What the benches share: timing a call, percentiles, the table, the hardware line, the JSON report."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -97,4 +99,13 @@ def tab_latency(
     }
     print_latency_table(title, stats)
     print(json.dumps(result))
+    return result
+
+
+def report(result: dict, json_path: str | Path | None = None) -> dict:
+    """Print a bench's result as one JSON line (the last line of its output) and, with `--json`,
+    also keep it in that file (bench/results/ holds the runs the README cites)."""
+    print(json.dumps(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
     return result

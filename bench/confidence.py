@@ -19,7 +19,6 @@ Prints one JSON line; `--json PATH` also writes it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from datetime import date
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from bench.common import hardware
+from bench.common import hardware, report
 
 # ----------------------------------------------------------------------------------------------
 # Pictures that are none of CIFAR-10's classes
@@ -423,11 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     result = {"task": args.task, **{"vision": vision, "translation": translation, "audio": audio}[args.task](args)}
     result.update(seconds=round(time.time() - start, 1), hardware=hardware(args.threads), date=date.today().isoformat())
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

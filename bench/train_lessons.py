@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import report  # noqa: E402
 from demos.train_live import PRESETS  # noqa: E402
 from models.live_training import LiveRun  # noqa: E402
 
@@ -74,10 +75,7 @@ def main() -> dict:
                 if model != "wall_s":
                     print(f"{label} {model:<16} {json.dumps(m)}")
     result = {"presets": results, "load": round(os.getloadavg()[0], 1), "threads": 1, "date": date.today().isoformat()}
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ p50/p95 per endpoint for both phases, the run's steps and its updates, then one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import report  # noqa: E402
 from tests.app_server import AppServer  # noqa: E402
 
 PROBES = {
@@ -110,10 +110,7 @@ def main() -> dict:
         i, b = result["idle"][name], result["while_training"][name]
         print(f"{name:<14} {i['p50_ms']:>9} {i['p95_ms']:>9} {b['p50_ms']:>13} {b['p95_ms']:>13}")
     print(f"run: {result['run']}; second trainer: {refusal[:120]}")
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import time
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from bench.common import hardware
+from bench.common import hardware, report
 
 SEVERITIES = (1, 3, 5)
 
@@ -125,11 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hardware": hardware(args.threads),
         "date": date.today().isoformat(),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":
