@@ -36,7 +36,6 @@ def build_app() -> gr.Blocks:
                 tab.build()
         tools.register()  # API endpoints that are also MCP tools (demos/tools.py)
     share_cores(demo, int(os.environ.get("PLAYGROUND_CONCURRENCY", "2")))
-    tools.expose_only_tools(demo)
     return demo
 
 

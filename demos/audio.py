@@ -24,6 +24,7 @@ from demos.common import (
     doubt_label,
     get_model,
     has_checkpoint,
+    listen,
     missing_message,
     parse_selector,
     selector_choices,
@@ -266,12 +267,8 @@ def build() -> None:
     plot = gr.Plot(label="Log-mel spectrogram and CLS attention over time")
     state = gr.State()
 
-    classified = run.click(
-        classify_handler,
-        [audio, layer, head],
-        [top3, plot, notes, state],
-        api_name="classify_audio",
-        concurrency_id=CORES,
+    classified = listen(
+        run.click, classify_handler, [audio, layer, head], [top3, plot, notes, state], api_name="classify_audio"
     )
     example_run = examples_that_run(example_set, classify_handler, [audio, layer, head], [top3, plot, notes, state])
     for event in (classified, example_run):

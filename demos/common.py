@@ -241,14 +241,17 @@ def listen(
     **kwargs,
 ):
     """Wire `fn` to an event (`button.click`, `dropdown.input`, `event.then`, ...), or to a list of
-    them (one `gr.on`), in the app's one queue (`concurrency_id=CORES`); without an `api_name` the
-    event stays out of the public API."""
+    them (one `gr.on`), in the app's one queue (`concurrency_id=CORES`). Without an `api_name` the
+    event stays out of the API; with one it is callable (gradio_client) but undocumented, so the
+    API page and the MCP tool list show only demos/tools.py's tools: a tab's endpoint returns plots
+    and browser state that mean nothing to a tool user."""
     import gradio as gr
 
     if api_name is None:
         kwargs.setdefault("api_visibility", "private")
     else:
         kwargs["api_name"] = api_name
+        kwargs.setdefault("api_visibility", "undocumented")
     if isinstance(trigger, list):
         return gr.on(trigger, fn, inputs, outputs, concurrency_id=CORES, **kwargs)
     return trigger(fn, inputs, outputs, concurrency_id=CORES, **kwargs)

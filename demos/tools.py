@@ -3,15 +3,13 @@
 `register()` (inside the app's Blocks) adds one API endpoint per tool with `gr.api`; with
 `launch(mcp_server=True)` each is also an MCP tool at /gradio_api/mcp/ (schema:
 /gradio_api/mcp/schema). The docstrings below are what an MCP client reads: the first paragraph
-describes the tool, "Args" its parameters. `expose_only_tools(demo)` keeps the tabs' own endpoints
-(/generate, /translate, /attention_map, ...) callable by gradio_client but off the API page and
-out of the MCP tool list: they return plots and browser state that mean nothing to a tool user.
-`examples_that_run` makes a tab's examples show their result in one click.
+describes the tool, "Args" its parameters.
+`examples_that_run` makes a tab's examples show their result in one click. The tabs' own endpoints
+(/generate, /translate, /attention_map, ...) are callable but undocumented (demos.common.listen), so
+the API page and the MCP tool list show these tools alone.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import gradio as gr
 from gradio.data_classes import FileData
@@ -108,8 +106,6 @@ def tools() -> list:
     """The tools whose model is here: like a tab, a tool without its checkpoint is left out."""
     found = []
     for task, tool in TOOLS.items():
-        if task == "mlm" and importlib.util.find_spec("demos.fill_mask") is None:
-            continue
         if has_checkpoint(task):
             found.append(tool)
     return found
@@ -119,15 +115,6 @@ def register() -> None:
     """One API endpoint (and MCP tool) per tool, in the app's one queue; call inside gr.Blocks."""
     for tool in tools():
         gr.api(shows_errors(tool), api_name=tool.__name__, concurrency_id=CORES)
-
-
-def expose_only_tools(demo: gr.Blocks) -> None:
-    """The tabs' endpoints stay callable (gradio_client, the page itself) but undocumented, so
-    the API page and the MCP tool list show the tools alone."""
-    names = {tool.__name__ for tool in tools()}
-    for fn in demo.fns.values():
-        if fn.api_visibility == "public" and fn.api_name not in names:
-            fn.api_visibility = "undocumented"
 
 
 def examples_that_run(examples: gr.Examples, fn, inputs: list, outputs: list, **kwargs) -> gr.Dependency:

@@ -15,6 +15,7 @@ from demos.common import (
     UserError,
     get_model,
     has_checkpoint,
+    listen,
     missing_message,
     parse_selector,
     selector_choices,
@@ -257,7 +258,7 @@ def build() -> None:
     inputs = [text, source, target, beam, layer, head]
     outputs = [translation, notes, plot, state]
     # preprocess=False: API values reach translate()'s checks as sent (a text beam size gets a sentence)
-    go.click(_on_translate, inputs, outputs, api_name="translate", preprocess=False, concurrency_id=CORES)
+    listen(go.click, _on_translate, inputs, outputs, api_name="translate", preprocess=False)
     examples_that_run(example_set, _on_translate, inputs, outputs, preprocess=False)
     text.submit(_on_translate, inputs, outputs, api_visibility="private", preprocess=False, concurrency_id=CORES)
     swap.click(

@@ -30,6 +30,7 @@ from demos.common import (
     doubt_label,
     get_model,
     has_checkpoint,
+    listen,
     missing_message,
     parse_selector,
     shows_errors,
@@ -336,18 +337,9 @@ def build() -> None:
 
     # preprocess=False: the raw upload reaches classify_image, which opens it safely and can
     # say what is wrong with it (gr.Image's own decoding would fail with a generic error)
-    classified = run.click(
-        classify_handler,
-        [photo, layer, head, model],
-        [label, view, rollout, cls_map, state],
-        api_name="classify_image",
-        concurrency_id=CORES,
-        preprocess=False,
-    )
-    outputs = [label, view, rollout, cls_map, state]
-    example_run = examples_that_run(
-        example_set, classify_handler, [photo, layer, head, model], outputs, preprocess=False
-    )
+    inputs, outputs = [photo, layer, head, model], [label, view, rollout, cls_map, state]
+    classified = listen(run.click, classify_handler, inputs, outputs, api_name="classify_image", preprocess=False)
+    example_run = examples_that_run(example_set, classify_handler, inputs, outputs, preprocess=False)
     for event in (classified, example_run):
         event.success(label_doubt, state, label, api_visibility="private", concurrency_id=CORES)
     for control in (layer, head):
