@@ -6,6 +6,12 @@
    weights): our GPT with its KV cache, and without it, against a nanoGPT-style model and its
    `generate` loop (no cache, crop to the block, full forward per token; bench/nanogpt_style.py).
    Target: cached >= 10x the baseline's tokens/s.
+   Two more lines put the cached figure in context. The ceiling: a cached token must read every
+   weight matrix once (42 MB in float32 at this size), so timing exactly those matrix-vector
+   products, and nothing else, bounds what any float32 decoder reaches on this memory system.
+   And an experiment the tab does not use: the same cached decoder with its weight matrices kept
+   in float16 (activations stay float32), which halves the bytes per token but rounds every
+   product to float16, so it no longer matches the uncached path bit for bit.
 
 Runs are interleaved (one of each per round, median over the rounds) so that other processes on
 the shared machine slow every contender alike; the load average is printed before and after.
@@ -24,7 +30,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app runs; spinning threads thrash a busy machine
 
 import argparse  # noqa: E402
-import json  # noqa: E402
+import copy  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -34,12 +40,15 @@ from datetime import date  # noqa: E402
 
 import torch  # noqa: E402
 
+from bench.common import report  # noqa: E402
 from bench.nanogpt_style import BaselineConfig, BaselineGPT  # noqa: E402
 from models.decoding import sample  # noqa: E402
 from models.transformer import GPT, GPTConfig  # noqa: E402
 
 PROMPT = "ROMEO:\nBut soft, what light"  # the Generate tab's first example
 NANOGPT = {"vocab_size": 65, "context_len": 256, "n_layers": 6, "n_heads": 6, "d_model": 384, "d_ff": 1536}
+
+HALF = "ours, KV cache, float16 weights (experiment)"
 
 Run = Callable[[], tuple[float, float]]  # () -> (tokens/s over the whole call, first token ms)
 
@@ -90,29 +99,83 @@ def baseline(model: BaselineGPT, prompt: torch.Tensor, tokens: int) -> Run:
     return run
 
 
+class HalfWeightLinear(torch.nn.Module):
+    """A Linear whose weight matrix is kept in float16: the input is rounded to float16 for the
+    product and the result comes back in the input's dtype (bench-only experiment)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight.detach().half()
+        self.bias = None if linear.bias is None else linear.bias.detach().half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.half(), self.weight, self.bias).to(x.dtype)
+
+
+def with_half_weights(model: GPT) -> GPT:
+    """A copy of `model` whose every Linear keeps its weights in float16."""
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, HalfWeightLinear(child))
+    return model
+
+
+def weight_stream_ceiling(model: GPT, repeats: int = 50) -> dict:
+    """Tokens/s if a one-token step cost only reading its weights: every Linear applied once to a
+    single row, in order, one thread (as the cached steps run); median over `repeats` passes."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = {w.size(1): torch.randn(1, w.size(1)) for w in weights}
+    times, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(repeats + 5):  # the first 5 warm up
+            start = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(rows[w.size(1)], w)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = statistics.median(times[5:])
+    megabytes = sum(w.numel() * w.element_size() for w in weights) / 1e6
+    return {
+        "weights_mb": round(megabytes, 1),
+        "ms_per_token": round(1000 * seconds, 2),
+        "gb_per_s": round(megabytes / 1000 / seconds, 1),
+        "tokens_per_s": round(1 / seconds, 1),
+    }
+
+
 def nanogpt_race(tokens: int, rounds: int) -> dict:
     torch.manual_seed(0)
     ours_model = GPT(GPTConfig(**NANOGPT, dropout=0.0)).eval()
     base_model = BaselineGPT(BaselineConfig()).eval()
+    half_model = with_half_weights(ours_model)
     prompt = torch.randint(0, 65, (1, len(PROMPT)))
     contenders = {
         "nanoGPT-style generate (no cache)": baseline(base_model, prompt, tokens),
         "ours, KV cache": ours(ours_model, prompt, tokens, True),
         "ours, no cache": ours(ours_model, prompt, tokens, False),
+        HALF: ours(half_model, prompt, tokens, True),
     }
     for warm_up in (
         baseline(base_model, prompt, 5),
         ours(ours_model, prompt, 5, True),
         ours(ours_model, prompt, 5, False),
+        ours(half_model, prompt, 5, True),
     ):
         warm_up()  # allocator and first-call overheads
     result = race(contenders, rounds)
     base = result["nanoGPT-style generate (no cache)"]["tokens_per_s"]
+    ceiling = weight_stream_ceiling(ours_model)
     return {
         "params_millions": round(base_model.n_params() / 1e6, 2),
         "contenders": result,
         "cached_vs_baseline": round(result["ours, KV cache"]["tokens_per_s"] / base, 2),
         "uncached_vs_baseline": round(result["ours, no cache"]["tokens_per_s"] / base, 2),
+        "half_weights_vs_baseline": round(result[HALF]["tokens_per_s"] / base, 2),
+        "float32_weight_reading_ceiling": {**ceiling, "vs_baseline": round(ceiling["tokens_per_s"] / base, 2)},
     }
 
 
@@ -182,13 +245,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-tab", action="store_true", help="only the nanoGPT-size race")
     p.add_argument("--past-context", metavar="DATA_DIR", help="instead: the loss past the context, window vs crop")
     p.add_argument("--segments", type=int, default=20, help="with --past-context: 1024-character stretches")
+    p.add_argument("--json", metavar="PATH", help="also write the result there (bench/results/ keeps the cited runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.past_context:
         with torch.inference_mode():
             losses = past_context_loss(args.past_context, args.segments)
-        print(json.dumps({"bench": "generation_past_context", **losses, "date": date.today().isoformat()}))
-        return losses
+        return report({"bench": "generation_past_context", **losses, "date": date.today().isoformat()}, args.json)
     load_before = os.getloadavg()[0]
     with torch.inference_mode():
         nanogpt = nanogpt_race(args.tokens, args.rounds)
@@ -215,14 +278,20 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in nanogpt["contenders"].items():
         print(f"    {name:<40} {r['tokens_per_s']:>8.1f} tok/s   first token {r['first_token_ms']:>7.1f} ms")
     print(f"    cached / baseline (target >= 10x): {nanogpt['cached_vs_baseline']:.2f}x")
+    ceiling = nanogpt["float32_weight_reading_ceiling"]
+    print(
+        f"    ceiling in float32: reading the {ceiling['weights_mb']} MB of weights alone takes "
+        f"{ceiling['ms_per_token']} ms ({ceiling['gb_per_s']} GB/s): {ceiling['tokens_per_s']} tok/s, "
+        f"{ceiling['vs_baseline']:.2f}x the baseline"
+    )
+    print(f"    float16 weights (experiment, not bit-exact) / baseline: {nanogpt['half_weights_vs_baseline']:.2f}x")
     if tab is not None:
         print(f"  Generate tab, shipped model (context {tab['context_len']}):")
         for name, r in tab["contenders"].items():
             print(f"    {name:<40} {r['tokens_per_s']:>8.1f} tok/s   first token {r['first_token_ms']:>7.1f} ms")
         print(f"    cache speedup (target >= 3x): {tab['cache_speedup']:.2f}x")
         print(f"    first token, {tab['context_len']}-char prompt: {tab['first_token_ms_full_context']:.1f} ms")
-    print(json.dumps(result))
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -458,3 +458,23 @@ def test_cache_on_and_off_agree_with_every_fast_option_on(temperature):
     runs = decode_both_ways(model, [1, 2, 3], 60, temperature, seed=4)  # far past the context of 8
     assert torch.equal(runs[True][0], runs[False][0])
     torch.testing.assert_close(runs[True][1], runs[False][1])
+
+
+def test_decoding_bench_helpers_keep_the_model_and_count_its_weights():
+    from bench.generation import HalfWeightLinear, weight_stream_ceiling, with_half_weights
+
+    torch.manual_seed(0)
+    config = {"vocab_size": 11, "context_len": 8, "n_layers": 2, "n_heads": 2, "d_model": 16, "d_ff": 32}
+    model = GPT(GPTConfig(**config, dropout=0.0)).eval()
+    half = with_half_weights(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sum(isinstance(m, HalfWeightLinear) for m in half.modules()) == len(linears)
+    assert all(isinstance(m.weight, torch.nn.Parameter) and m.weight.dtype == torch.float32 for m in linears)
+    idx = torch.randint(0, 11, (1, 8))
+    full, rounded = model(idx).logits, half(idx).logits
+    assert rounded.dtype == torch.float32 and not torch.equal(full, rounded)  # float16 rounding shows
+    torch.testing.assert_close(rounded, full, rtol=0, atol=2e-3)
+    wide = GPT(GPTConfig(**{**config, "d_model": 256, "d_ff": 1024}, dropout=0.0))
+    ceiling = weight_stream_ceiling(wide, repeats=3)
+    assert ceiling["weights_mb"] == 6.3  # 2 x (4 x 256^2 + 2 x 256 x 1024) + 11 x 256 floats of 4 bytes
+    assert ceiling["tokens_per_s"] == pytest.approx(1000 / ceiling["ms_per_token"], rel=0.02)
