@@ -4,7 +4,8 @@
     config.json         {"architecture": ..., "config": {...dataclass fields...}, "meta": {...}}
     tokenizer files     vocab.json (characters) or tokenizer.json (Hugging Face `tokenizers`)
 
-`load_model(folder)` turns such a folder into a ready float32 model in eval mode.
+`load_model(folder)` turns such a folder into a ready float32 model in eval mode;
+`keep_linears_in_float16(model)` then serves its matrices as they were shipped (see there).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 # architecture name -> (module, model class, config dataclass); imported lazily (timm is slow)
 ARCHITECTURES: dict[str, tuple[str, str, str]] = {
@@ -99,3 +101,47 @@ def _is_tied(model: nn.Module, name: str, state: dict) -> bool:
     if name not in params:
         return False
     return any(params[name] is params[other] for other in state if other in params)
+
+
+class Float16Linear(nn.Module):
+    """y = x W^T + b with W kept in float16 and upcast for each product.
+
+    Decoding one token multiplies one row by every weight matrix, so the step costs what reading
+    the weights costs; once they outgrow the CPU's cache that read comes from memory, and float16
+    halves it. The math stays float32: a matrix that came from a float16 checkpoint holds exactly
+    the same numbers either way, so the outputs are those of the float32 model bit for bit.
+    `weight` is a float16 buffer under the Linear's own name, so state dicts stay interchangeable.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", linear.weight.detach().to(torch.float16))
+        self.bias = linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+def keep_linears_in_float16(model: nn.Module) -> nn.Module:
+    """Swap the model's nn.Linear layers for Float16Linear in place where that changes no number:
+    the matrix holds float16 values already (it came from a float16 checkpoint) and no other module
+    shares it (a head tied to the embedding stays as it is). Returns the model."""
+    shared = {id(w) for w in _weights_used_twice(model)}
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear and id(child.weight) not in shared and _float16_exact(child.weight):
+                setattr(module, name, Float16Linear(child))
+    return model
+
+
+def _float16_exact(weight: Tensor) -> bool:
+    return weight.dtype == torch.float32 and torch.equal(weight.detach().half().float(), weight.detach())
+
+
+def _weights_used_twice(model: nn.Module) -> list[nn.Parameter]:
+    seen: dict[int, int] = {}
+    params = dict(model.named_parameters(remove_duplicate=False)).values()
+    for param in params:
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return [param for param in params if seen[id(param)] > 1]

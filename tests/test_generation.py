@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from demos import generation as tab
+from demos.common import get_model
 from models.checkpoint import load_model, save_checkpoint
 from models.decoding import sample
 from models.tokenizers import CharTokenizer, load_tokenizer
@@ -460,21 +462,50 @@ def test_cache_on_and_off_agree_with_every_fast_option_on(temperature):
     torch.testing.assert_close(runs[True][1], runs[False][1])
 
 
-def test_decoding_bench_helpers_keep_the_model_and_count_its_weights():
-    from bench.generation import HalfWeightLinear, weight_stream_ceiling, with_half_weights
+def test_matrices_kept_in_float16_compute_exactly_what_the_float32_model_does(tmp_path):
+    from models.checkpoint import Float16Linear, keep_linears_in_float16
 
     torch.manual_seed(0)
     config = {"vocab_size": 11, "context_len": 8, "n_layers": 2, "n_heads": 2, "d_model": 16, "d_ff": 32}
-    model = GPT(GPTConfig(**config, dropout=0.0)).eval()
-    half = with_half_weights(model)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert sum(isinstance(m, HalfWeightLinear) for m in half.modules()) == len(linears)
-    assert all(isinstance(m.weight, torch.nn.Parameter) and m.weight.dtype == torch.float32 for m in linears)
-    idx = torch.randint(0, 11, (1, 8))
-    full, rounded = model(idx).logits, half(idx).logits
-    assert rounded.dtype == torch.float32 and not torch.equal(full, rounded)  # float16 rounding shows
-    torch.testing.assert_close(rounded, full, rtol=0, atol=2e-3)
-    wide = GPT(GPTConfig(**{**config, "d_model": 256, "d_ff": 1024}, dropout=0.0))
-    ceiling = weight_stream_ceiling(wide, repeats=3)
+    save_checkpoint(tmp_path, GPT(GPTConfig(**config, dropout=0.0)))  # float16 on disk, as shipped
+    full, served = load_model(tmp_path), keep_linears_in_float16(load_model(tmp_path))
+    kept = [m for m in served.modules() if isinstance(m, Float16Linear)]
+    assert len(kept) == 2 * 6 and all(m.weight.dtype == torch.float16 for m in kept)  # 4 projections + 2 FFN
+    assert served.lm_head.weight is served.embed.weight  # the tied head stays one matrix
+    idx = torch.randint(0, 11, (2, 30))  # past the context, through the sliding window
+    assert torch.equal(served(idx).logits, full(idx).logits)  # bit for bit, not merely close
+    runs = decode_both_ways(served, [1, 2, 3], 60, 1.0, seed=4)
+    assert torch.equal(runs[True][0], runs[False][0])
+    fresh = GPT(GPTConfig(**config, dropout=0.0)).eval()
+    fresh.load_state_dict(served.state_dict())  # the same names: state dicts stay interchangeable
+    assert torch.equal(fresh(idx).logits, full(idx).logits)
+
+
+def test_generate_tab_serves_float16_checkpoints_with_float16_matrices(tiny_checkpoint):
+    from models.checkpoint import Float16Linear
+
+    model, _ = get_model("generation")  # saved in float32 with weights float16 cannot hold: kept as they are
+    assert not any(isinstance(m, Float16Linear) for m in model.modules())
+    folder = tiny_checkpoint.parent.parent / "float16" / "generation"
+    save_checkpoint(folder, load_model(tiny_checkpoint))  # float16 on disk, as the shipped checkpoints
+    load_tokenizer(tiny_checkpoint).save(folder)
+    os.environ["PLAYGROUND_CHECKPOINTS"] = str(folder.parent)  # the fixture's monkeypatch restores it
+    model, _ = get_model("generation")
+    assert sum(isinstance(m, Float16Linear) for m in model.modules()) == 6 * TINY_MODEL["n_layers"]
+    assert not any(type(m) is torch.nn.Linear and m is not model.lm_head for m in model.modules())
+
+
+def test_ceiling_counts_the_bytes_each_kind_of_matrix_streams():
+    from bench.generation import weight_reading_ceiling
+    from models.checkpoint import keep_linears_in_float16
+
+    config = {"vocab_size": 11, "context_len": 8, "n_layers": 2, "n_heads": 2, "d_model": 256, "d_ff": 1024}
+    full = GPT(GPTConfig(**config, dropout=0.0))
+    with torch.no_grad():
+        for param in full.parameters():
+            param.copy_(param.half().float())
+    ceiling = weight_reading_ceiling(full, repeats=3)
     assert ceiling["weights_mb"] == 6.3  # 2 x (4 x 256^2 + 2 x 256 x 1024) + 11 x 256 floats of 4 bytes
     assert ceiling["tokens_per_s"] == pytest.approx(1000 / ceiling["ms_per_token"], rel=0.02)
+    halved = weight_reading_ceiling(keep_linears_in_float16(full), repeats=3)
+    assert halved["weights_mb"] == 3.2  # the blocks' matrices in 2 bytes, the tied 11 x 256 head in 4
