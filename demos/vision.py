@@ -41,7 +41,7 @@ from demos.plots import overlay
 from demos.pretrained_vit import IMAGENET_SHAPE, pretrained_model, pretrained_unavailable
 from demos.tools import examples_that_run
 from models.attention_data import Attention
-from models.confidence import Verdict, picture_verdict
+from models.confidence import Verdict, read_picture
 
 TITLE = "Image"
 TASK = "vision"
@@ -183,10 +183,13 @@ def classify_image(image, model: str = "ours") -> ImageResult:
     pil, notes = load_image(image)
     rgb = to_rgb(pil)
     view = center_square(rgb, c.img_size)
-    verdict = picture_verdict(model, np.asarray(view), checkpoint_dir(TASK)) if ours else None
-    notes = notes + (verdict.reasons if verdict else [])  # the tab shows them beside the answer
     with torch.inference_mode():
-        run = model.attention(image_tensor(view, c))
+        if ours:  # one pass gives the answer, the maps and the features the unsure check reads
+            verdict, logits, weights = read_picture(model, np.asarray(view), checkpoint_dir(TASK), need_weights=True)
+            run = model.attention_from(logits, weights)
+        else:
+            verdict, run = None, model.attention(image_tensor(view, c))
+    notes = notes + (verdict.reasons if verdict else [])  # the tab shows them beside the answer
     probs = run.logits.softmax(-1)[0]
     attention = run["self"]
     top = probs.topk(min(5, c.num_classes))

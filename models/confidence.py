@@ -67,14 +67,19 @@ def pixel_statistics(view: np.ndarray) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def vit_features(model, images: Tensor) -> tuple[Tensor, Tensor]:
+def vit_features(model, images: Tensor, attentions: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """(features (B, 2 * dim), logits (B, classes)) of a VisionClassifier (timm ViT) on normalised
     images. Features: the patch tokens' mean after each block, averaged over blocks (what the
-    picture is made of, layer by layer), and the final CLS state the head reads (what it is)."""
-    from models.vision import _WEIGHTS_LOCK  # here: models.vision imports timm (~2 s)
+    picture is made of, layer by layer), and the final CLS state the head reads (what it is).
+    Given a list as `attentions`, the same pass appends each block's attention weights to it, so a
+    tab that shows the maps and checks the picture runs the model once."""
+    from contextlib import nullcontext
+
+    from models.vision import _WEIGHTS_LOCK, _capture_attention  # here: models.vision imports timm (~2 s)
 
     vit = model.vit
-    with _WEIGHTS_LOCK:  # not while another request's attention hooks are on these blocks
+    # not while another request's attention hooks are on these blocks
+    with _WEIGHTS_LOCK, _capture_attention(vit) if attentions is not None else nullcontext([]) as captured:
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         prefix = getattr(vit, "num_prefix_tokens", 1)
         patch_means = []
@@ -82,6 +87,8 @@ def vit_features(model, images: Tensor) -> tuple[Tensor, Tensor]:
             x = block(x)
             patch_means.append(x[:, prefix:].mean(1))
         cls = vit.forward_head(vit.norm(x), pre_logits=True)
+    if attentions is not None:
+        attentions.extend(captured)
     return torch.cat([torch.stack(patch_means).mean(0), cls], dim=1), vit.head(cls)
 
 
@@ -175,15 +182,26 @@ def image_verdict(
 _stats: dict[str, FeatureGaussian | None] = {}
 
 
-def picture_verdict(model, view: np.ndarray, folder: str | Path) -> Verdict:
-    """`image_verdict` for our CIFAR-10 VisionClassifier on the (H, W, 3) uint8 square it saw, with
-    the feature statistics saved beside its checkpoint in `folder` (read once; none: skipped)."""
+def read_picture(
+    model, view: np.ndarray, folder: str | Path, need_weights: bool = False
+) -> tuple[Verdict, Tensor, list[Tensor]]:
+    """One pass of our CIFAR-10 VisionClassifier over the (H, W, 3) uint8 square it saw: the
+    `image_verdict` (with the feature statistics saved beside its checkpoint in `folder`, read
+    once; none: that signal is skipped), the logits (1, classes) and, with `need_weights`, each
+    block's attention weights (else an empty list)."""
     key = str(Path(folder).resolve())
     if key not in _stats:
         _stats[key] = FeatureGaussian.load(folder)
     x = torch.from_numpy(np.array(view, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
-    features, logits = vit_features(model, model.normalize(x))
-    return image_verdict(view, logits.float().softmax(-1)[0], features[0], _stats[key], model.config.class_names)
+    attentions: list[Tensor] | None = [] if need_weights else None
+    features, logits = vit_features(model, model.normalize(x), attentions)
+    verdict = image_verdict(view, logits.float().softmax(-1)[0], features[0], _stats[key], model.config.class_names)
+    return verdict, logits, attentions or []
+
+
+def picture_verdict(model, view: np.ndarray, folder: str | Path) -> Verdict:
+    """`read_picture`'s verdict alone."""
+    return read_picture(model, view, folder)[0]
 
 
 # ----------------------------------------------------------------------------------------------

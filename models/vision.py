@@ -148,10 +148,15 @@ class VisionClassifier(nn.Module, HubMixin):
         """One normalised image (1, 3, img_size, img_size) -> logits and its "self" attention:
         position 0 is CLS, then the patches in raster order on the grid."""
         out = self(images, need_weights=True)
+        return self.attention_from(out.logits, [a["self"] for a in out.attentions])
+
+    def attention_from(self, logits: Tensor, weights: list[Tensor]) -> ModelAttention:
+        """`attention`'s result from a pass already made: logits and each block's weights
+        (B, heads, 1+N, 1+N) (models.confidence.read_picture records them with its features)."""
         g = self.config.grid_size
         labels = ["CLS"] + [f"patch r{r} c{c}" for r in range(g) for c in range(g)]
-        weights = stack_layers(out.attentions, "self")
-        return ModelAttention(out.logits, {"self": Attention("self", weights, labels, labels, cls=True, grid=(g, g))})
+        stacked = stack_layers([{"self": w} for w in weights], "self")
+        return ModelAttention(logits, {"self": Attention("self", stacked, labels, labels, cls=True, grid=(g, g))})
 
     def rollout(self, attentions: list[dict[str, Tensor]]) -> Tensor:
         """Attention rollout from CLS to each patch for a batch: (B, grid, grid), summing to 1 over

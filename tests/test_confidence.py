@@ -80,6 +80,29 @@ def test_vit_features_give_the_models_own_logits():
         assert torch.allclose(logits, model(x).logits, atol=1e-5)
 
 
+def test_one_pass_gives_the_maps_and_the_verdict_that_two_passes_give(tmp_path):
+    from models.checkpoint import save_checkpoint
+    from models.vision import VisionClassifier, ViTConfig, image_tensor
+
+    torch.manual_seed(0)
+    model = VisionClassifier(ViTConfig(d_model=32, n_layers=2, n_heads=2)).eval()
+    save_checkpoint(tmp_path, model, dtype=torch.float32)
+    pictures = torch.rand(40, 3, 32, 32)
+    features, _ = conf.vit_features(model, model.normalize(pictures))
+    conf.FeatureGaussian.fit(features[:30], features[30:]).save(tmp_path)
+    view = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+
+    verdict, logits, weights = conf.read_picture(model, view, tmp_path, need_weights=True)
+    once = model.attention_from(logits, weights)["self"]
+    twice = model.attention(image_tensor(Image.fromarray(view), model.config))
+    assert len(weights) == 2 and torch.allclose(once.weights, twice["self"].weights, atol=1e-6)
+    assert torch.allclose(logits, twice.logits, atol=1e-5)
+    alone = conf.picture_verdict(model, view, tmp_path)
+    assert verdict.known == alone.known and "feature_distance" in verdict.scores
+    assert verdict.scores["feature_distance"] == pytest.approx(alone.scores["feature_distance"], rel=1e-4)
+    assert conf.read_picture(model, view, tmp_path)[2] == []  # no maps asked, none recorded
+
+
 def _verdicts(pictures: list[Image.Image]) -> list[conf.Verdict]:
     from models.checkpoint import load_model
     from models.vision import center_square

@@ -61,6 +61,17 @@ def test_configured_models_have_at_most_7m_parameters(name):
     assert sum(p.numel() for p in model.parameters()) <= 7_000_000
 
 
+def test_latency_bench_can_time_a_recipes_model_before_it_is_trained(tmp_path, monkeypatch):
+    from bench import vision as bench
+
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINTS", str(tmp_path / "unused"))  # the bench points it elsewhere
+    config = ROOT / "training" / "configs" / "vision-cpu-tiny.yaml"
+    result = bench.main(["--threads", "1", "--repeats", "3", "--config", str(config)])
+    built = VisionClassifier(ViTConfig(**load_config(vision.Config, config).model))
+    assert result["params"] == sum(p.numel() for p in built.parameters())
+    assert result["checkpoint"].startswith("untrained model of") and result["p95_ms_end_to_end"] > 0
+
+
 @pytest.mark.parametrize("stem", ["patch", "conv"])
 def test_attention_maps_have_one_row_per_token_summing_to_one(stem):
     model = tiny_model(stem=stem)
