@@ -64,6 +64,17 @@ def test_vision_gpu_recipe_fits_the_parameter_budget():
     assert sum(p.numel() for p in model.parameters()) <= 7_000_000
 
 
+def test_gpu_jobs_script_parses_and_refuses_an_unknown_job(tmp_path):
+    script = ROOT / "scripts" / "gpu_jobs.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    done = subprocess.run(
+        ["bash", str(script), "nonsense"], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "unknown job nonsense" in done.stdout + done.stderr
+    for config in ("vision-gpu.yaml", "generation-gpu.yaml", "audio-gpu.yaml", "translation-gpu.yaml", "mlm-gpu.yaml"):
+        assert config in script.read_text() and (CONFIGS / config).exists()
+
+
 # The dry run: the GPU recipe, a few steps on the CPU, with everything the GPU would do except
 # bf16 and compile (bf16 matmuls crawl on this CPU and torch.compile would take minutes); vision
 # also validates on 500 held-out training images instead of the 10,000 test images, to finish

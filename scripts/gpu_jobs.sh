@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU recipes as jobs that fit one call each on a lent GPU machine (at most 10 minutes):
+# each trains and scores, and leaves in $OUT one archive per checkpoint folder (<task>.tgz, to
+# unpack into checkpoints/), one with the metrics JSON and training logs (<job>-logs.tgz) and the
+# job's log, so that little comes back and nothing is forgotten.
+#
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh vision       # ~9 min: train (400 s budget), score
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh short        # generation + audio + attention bench
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh translation  # ~9 min: train, four directions, beam 4
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh mlm
+#
+# Before spending GPU time, run the same job here on the CPU: DRY=1 trains 3 steps of the same
+# recipe (everything but bf16 and torch.compile) and scores a few examples, so a typo or a missing
+# file shows up for free:
+#
+#   DRY=1 DATA=../shared/data bash scripts/gpu_jobs.sh vision     # with the venv's python on PATH
+#
+# After a vision job, on any machine: unpack, then refit the Image tab's "unsure" statistics
+# (python -m bench.confidence vision --fit) and rerun bench/vision.py and bench/vision_corruptions.py.
+set -euo pipefail
+
+job=${1:?"which job: vision, short, translation or mlm"}
+DATA=${DATA:-data}
+OUT=${OUT:-/tmp/gpu-jobs}
+DRY=${DRY:-}
+work=$(mktemp -d)
+mkdir -p "$OUT"
+exec > >(tee "$OUT/$job.log") 2>&1
+
+if [[ -n $DRY ]]; then
+    checkpoints=$work/checkpoints
+    dry=(--accelerator cpu --set max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false)
+    limit=(--limit 20)
+else
+    checkpoints=checkpoints  # the shipped folders: the archive carries them back
+    dry=()
+    limit=()
+fi
+
+train() {  # task, config, extra --set values for the dry run
+    local task=$1 config=$2
+    shift 2
+    echo "== train $task ($config) $(date -u +%H:%M:%S)"
+    python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" \
+        --out "$checkpoints/$task" --log-dir "$work/runs" "${dry[@]}" ${DRY:+"$@"}
+}
+
+score() {  # task: its metrics JSON (the evaluate CLI's last line) into the work folder
+    local task=$1
+    echo "== evaluate $task $(date -u +%H:%M:%S)"
+    python -m training.evaluate "$task" --data-dir "$DATA" --checkpoint "$checkpoints/$task" "${limit[@]}" \
+        | tee "$work/$task-eval.out"
+    tail -n 1 "$work/$task-eval.out" > "$work/${task}_eval.json"
+}
+
+pack() {  # one archive per checkpoint folder (each stays under what a call brings back), one for the rest
+    echo "== pack $(date -u +%H:%M:%S)"
+    for task in "$@"; do
+        tar czf "$OUT/$task.tgz" -C "$(dirname "$checkpoints/$task")" "$task"
+    done
+    tar czf "$OUT/$job-logs.tgz" -C "$work" runs $(cd "$work" && ls -- *.json)
+    ls -l "$OUT"
+}
+
+case $job in
+vision)
+    train vision vision-gpu.yaml val_size=500  # (dry run: validate on 500 images, not the 10,000)
+    score vision
+    pack vision
+    ;;
+short)
+    train generation generation-gpu.yaml
+    score generation
+    train audio audio-gpu.yaml num_workers=0
+    score audio
+    if [[ -z $DRY ]]; then
+        python -m bench.attention --device cuda --dtype bfloat16 --json "$work/attention_h100.json"
+    fi
+    pack generation audio
+    ;;
+translation)
+    train translation translation-gpu.yaml
+    score translation
+    pack translation
+    ;;
+mlm)
+    train mlm mlm-gpu.yaml
+    score mlm
+    pack mlm
+    ;;
+*)
+    echo "unknown job $job: vision, short, translation or mlm" >&2
+    exit 2
+    ;;
+esac
+echo "== done $(date -u +%H:%M:%S)"
