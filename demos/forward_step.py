@@ -90,6 +90,12 @@ def _qkv(walk: Walkthrough, step: views.Step):
         rows += [(f"k, head {h + 1}", k[h, p]) for h in range(min(2, heads))]
         rows += [(f"v, head {h + 1}", sub.v[h, p]) for h in range(min(2, heads))]
         source = "the same LayerNorm output, at every position up to this one"
+    qk_norm = (
+        " Then **QK-norm**: each head's q and k are divided by their root mean square and multiplied by a "
+        "learned gain, so no score can grow without bound (the rows show them after it)."
+        if sub.qk_norm
+        else ""
+    )
     rope = (
         " Then **RoPE** turns each pair of dimensions of q and k by an angle proportional to the position "
         "(the rows show q and k after the turn)."
@@ -98,7 +104,8 @@ def _qkv(walk: Walkthrough, step: views.Step):
     )
     text = (
         f"### {step.title}\nQ = LayerNorm(x) W_Q, one {sub.q.size(-1) * heads}-number vector split into "
-        f"{heads} heads of d_k = {d_k}. K and V come from {source}.{rope}\n\n" + views.vector_table(rows, HEAD_DIMS)
+        f"{heads} heads of d_k = {d_k}. K and V come from {source}.{qk_norm}{rope}\n\n"
+        + views.vector_table(rows, HEAD_DIMS)
     )
     fig = go.Figure(go.Heatmap(z=q[:, p].numpy(), y=[f"head {h + 1}" for h in range(heads)], colorscale="RdBu", zmid=0))
     fig.update_layout(

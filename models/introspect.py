@@ -47,13 +47,14 @@ class SublayerTrace:
 class AttentionTrace(SublayerTrace):
     """Q = reads W_Q, K and V from reads (self) or the encoder's memory (cross), per head."""
 
-    q: Tensor = None  # (heads, T, d_k), as projected
+    q: Tensor = None  # (heads, T, d_k), as projected (and QK-normed, where the model has QK-norm)
     k: Tensor = None  # (heads, S, d_k)
     v: Tensor = None  # (heads, S, d_k)
     q_rotated: Tensor | None = None  # RoPE: Q and K after the rotation by position
     k_rotated: Tensor | None = None
     weights: Tensor = None  # (heads, T, S) softmax(QK^T / sqrt(d_k)) with the mask
     heads: Tensor = None  # (T, d_model) the heads' outputs concatenated, before W_O
+    qk_norm: bool = False  # each head's q and k went through an RMSNorm (with a learned gain)
 
 
 @dataclass
@@ -155,6 +156,7 @@ def _attention(
         k_rotated=None if k_rot is None else k_rot[0],
         weights=weights[0],
         heads=heads[0],
+        qk_norm=attn.q_norm is not None,
     )
 
 

@@ -99,6 +99,13 @@ def test_trace_works_for_any_gpt_the_loader_builds(config):
     x = torch.tensor(curve.x)
     expected = {"gelu": torch.nn.functional.gelu(x), "relu": torch.relu(x), "relu2": torch.relu(x) ** 2}
     torch.testing.assert_close(torch.tensor(curve.y), expected[ff.activation])
+    # the Q, K, V step says QK-norm exactly when the model has it, and shows the normed queries
+    attention = trace.layers[0][0]
+    assert attention.qk_norm == config.get("qk_norm", False)
+    if attention.qk_norm:
+        gains = model.layers[0].self_attn.q_norm.weight
+        rms = (attention.q / gains).pow(2).mean(-1).sqrt()
+        torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-3, rtol=0)
 
 
 @needs_translation
@@ -149,6 +156,8 @@ def test_every_step_renders_and_the_diagram_lights_one_box():
     hidden = walk.trace.layers[0][1].hidden[5]
     assert f"{float(hidden[0]):.3f}" in text
     assert figure.data[1].x == tuple(hidden.tolist())
+    _, text, _ = fp.render_step(walk, keys.index("qkv") + 1)
+    assert ("QK-norm" in text) == walk.trace.layers[0][0].qk_norm
 
 
 @needs_generation
