@@ -120,7 +120,7 @@ def weight_reading_ceiling(model: GPT, repeats: int = 50) -> dict:
     megabytes = sum(m.weight.numel() * m.weight.element_size() for m in linears) / 1e6
     return {
         "weights_mb": round(megabytes, 1),
-        "ms_per_token": round(1000 * seconds, 2),
+        "ms_per_token": round(1000 * seconds, 3),
         "gb_per_s": round(megabytes / 1000 / seconds, 1),
         "tokens_per_s": round(1 / seconds, 1),
     }
