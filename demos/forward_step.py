@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import torch
 
 from demos import forward_views as views
+from models.blocks import ACTIVATION_EFFECTS, ACTIVATION_NAMES
 from models.introspect import AttentionTrace, FeedForwardTrace
 
 if TYPE_CHECKING:
@@ -160,9 +161,9 @@ def _ffn(walk: Walkthrough, step: views.Step):
     top = torch.topk(active, 5).indices.tolist()
     text = (
         f"### {step.title}\nThe same two-layer network runs at every position on its own: W₁ widens "
-        f"{sub.reads.size(-1)} numbers to {hidden.numel()}, the {sub.activation.upper()} keeps the positive part "
-        f"(softly, for GELU), W₂ brings them back to {sub.output.size(-1)}. Here {on} of {hidden.numel()} hidden "
-        f"units are positive; the strongest: "
+        f"{sub.reads.size(-1)} numbers to {hidden.numel()}, the {ACTIVATION_NAMES[sub.activation]} "
+        f"{ACTIVATION_EFFECTS[sub.activation]}, W₂ brings them back to {sub.output.size(-1)}. "
+        f"Here {on} of {hidden.numel()} hidden units are positive; the strongest: "
         + ", ".join(f"unit {u} ({float(active[u]):.2f})" for u in top)
         + ".\n\n"
         + views.vector_table(

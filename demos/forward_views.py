@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from models.blocks import ACTIVATIONS
+from models.blocks import ACTIVATION_NAMES, ACTIVATIONS
 from models.introspect import AttentionTrace, FeedForwardTrace, ForwardTrace
 
 SHOW_DIMS = 8  # columns of the small matrices
@@ -84,7 +84,7 @@ def _boxes(trace: ForwardTrace) -> list[tuple[tuple, str, str]]:
             boxes.append((("qkv", j), "Q, K, V" + (" (K, V: encoder)" if cross else ""), "qkv"))
             boxes.append((("attention", j), "cross-attention" if cross else "masked self-attention", "attention"))
         else:
-            boxes.append((("ffn", j), "feed-forward (" + sub.activation.upper() + ")", "ffn"))
+            boxes.append((("ffn", j), "feed-forward (" + ACTIVATION_NAMES[sub.activation] + ")", "ffn"))
         boxes.append((("add", j), "+ residual" + ("" if sub.norm_first else " & LayerNorm"), "add"))
     boxes += [
         (("final_norm",), "final LayerNorm", "norm"),
@@ -213,7 +213,8 @@ def activation_figure(ff: FeedForwardTrace, p: int) -> go.Figure:
     grid = torch.linspace(lo, hi, 200)
     curve = ACTIVATIONS[ff.activation]()(grid)  # the model's own activation, whichever it uses
     fig = go.Figure()
-    fig.add_scatter(x=grid.tolist(), y=curve.tolist(), mode="lines", name=ff.activation.upper(), line={"color": "#888"})
+    name = ACTIVATION_NAMES[ff.activation]
+    fig.add_scatter(x=grid.tolist(), y=curve.tolist(), mode="lines", name=name, line={"color": "#888"})
     fig.add_scatter(
         x=hidden.tolist(),
         y=active.tolist(),
@@ -224,7 +225,7 @@ def activation_figure(ff: FeedForwardTrace, p: int) -> go.Figure:
         text=list(range(hidden.numel())),
     )
     fig.update_layout(
-        title=f"The {ff.activation.upper()} of every hidden unit (x: W₁x + b₁, y: after the activation)",
+        title=f"The {ACTIVATION_NAMES[ff.activation]} of every hidden unit (x: W₁x + b₁, y: after the activation)",
         xaxis_title="pre-activation",
         yaxis_title="activation",
         height=340,

@@ -25,6 +25,13 @@ class ReLUSquared(nn.Module):
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "relu2": ReLUSquared}
+# how views write them, and what each does to a hidden unit, in a few words
+ACTIVATION_NAMES = {"gelu": "GELU", "relu": "ReLU", "relu2": "ReLU²"}
+ACTIVATION_EFFECTS = {
+    "gelu": "keeps the positive part, softly (a little of the negative part leaks through)",
+    "relu": "keeps the positive part and zeroes the rest",
+    "relu2": "keeps the positive part and squares it, and zeroes the rest",
+}
 
 
 class FeedForward(nn.Module):

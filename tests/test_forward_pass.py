@@ -99,6 +99,9 @@ def test_trace_works_for_any_gpt_the_loader_builds(config):
     x = torch.tensor(curve.x)
     expected = {"gelu": torch.nn.functional.gelu(x), "relu": torch.relu(x), "relu2": torch.relu(x) ** 2}
     torch.testing.assert_close(torch.tensor(curve.y), expected[ff.activation])
+    written = {"gelu": "GELU", "relu": "ReLU", "relu2": "ReLU²"}[ff.activation]
+    assert f"feed-forward ({written})" in fp.views.diagram_html(trace, walk_steps, 0)
+    assert written in fp.views.activation_figure(ff, 3).layout.title.text
     # the Q, K, V step says QK-norm exactly when the model has it, and shows the normed queries
     attention = trace.layers[0][0]
     assert attention.qk_norm == config.get("qk_norm", False)
