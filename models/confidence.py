@@ -78,8 +78,8 @@ def vit_features(model, images: Tensor, attentions: list[Tensor] | None = None) 
     from models.vision import _WEIGHTS_LOCK, _capture_attention  # here: models.vision imports timm (~2 s)
 
     vit = model.vit
-    # not while another request's attention hooks are on these blocks
-    with _WEIGHTS_LOCK, _capture_attention(vit) if attentions is not None else nullcontext([]) as captured:
+    capture = _capture_attention(vit) if attentions is not None else nullcontext([])
+    with _WEIGHTS_LOCK, capture as captured:  # not while another request's hooks are on these blocks
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         prefix = getattr(vit, "num_prefix_tokens", 1)
         patch_means = []
