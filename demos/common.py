@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demos import registry
 from demos.checkpoint_checks import checkpoint_problem
 from models.checkpoint import keep_linears_in_float16, load_model, read_config
 from models.tokenizers import load_tokenizer
@@ -86,9 +87,9 @@ _lock = threading.Lock()
 _loaded: dict[str, tuple] = {}  # checkpoint folder -> (model, tokenizer)
 
 
-def _load(folder: str):
+def _load(folder: str, float16_matrices: bool):
     model = load_model(folder)
-    if model.architecture == "gpt":  # a generated token reads every matrix once: half the bytes, same outputs
+    if float16_matrices:
         keep_linears_in_float16(model)
     try:
         tokenizer = load_tokenizer(folder)
@@ -106,7 +107,7 @@ def get_model(task: str):
         with _lock:  # two first requests at once must not both load
             if folder not in _loaded:
                 try:
-                    _loaded[folder] = _load(folder)
+                    _loaded[folder] = _load(folder, registry.model(task).float16_matrices)
                 except Exception as err:  # noqa: BLE001 - damage the quick check missed: the tab says so
                     raise MissingCheckpoint(
                         f"The {task} model is switched off: its checkpoint in `{folder}` could not be loaded "

@@ -38,6 +38,9 @@ class Model:
     input: str  # one of INPUTS: what Attention Maps asks for
     attention_kinds: tuple[str, ...]  # what its attention_of returns; the first is the default
     example: str = ""  # a text Attention Maps starts with (TEXT inputs)
+    # served with its weight matrices in float16, as shipped (models.checkpoint.Float16Linear): worth
+    # it where one-token decoding reads every matrix per token; the outputs do not change
+    float16_matrices: bool = False
 
     def module(self) -> ModuleType:
         return importlib.import_module(self.tab)
@@ -52,6 +55,7 @@ MODELS: tuple[Model, ...] = (
         TEXT,
         ("causal self",),
         "ROMEO:\nBut soft, what light through yonder window breaks?",
+        float16_matrices=True,
     ),
     Model(
         "translation",
