@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -127,21 +128,13 @@ def keep_linears_in_float16(model: nn.Module) -> nn.Module:
     """Swap the model's nn.Linear layers for Float16Linear in place where that changes no number:
     the matrix holds float16 values already (it came from a float16 checkpoint) and no other module
     shares it (a head tied to the embedding stays as it is). Returns the model."""
-    shared = {id(w) for w in _weights_used_twice(model)}
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is nn.Linear and id(child.weight) not in shared and _float16_exact(child.weight):
+            if type(child) is nn.Linear and uses[id(child.weight)] == 1 and _float16_exact(child.weight):
                 setattr(module, name, Float16Linear(child))
     return model
 
 
 def _float16_exact(weight: Tensor) -> bool:
     return weight.dtype == torch.float32 and torch.equal(weight.detach().half().float(), weight.detach())
-
-
-def _weights_used_twice(model: nn.Module) -> list[nn.Parameter]:
-    seen: dict[int, int] = {}
-    params = dict(model.named_parameters(remove_duplicate=False)).values()
-    for param in params:
-        seen[id(param)] = seen.get(id(param), 0) + 1
-    return [param for param in params if seen[id(param)] > 1]
