@@ -8,10 +8,11 @@
    Target: cached >= 10x the baseline's tokens/s.
    "Ours" is served as the Generate tab serves its model: the weight matrices stay in float16,
    as checkpoints ship them, and are upcast for each product (models.checkpoint.Float16Linear),
-   so the math is float32. The race also runs the same model with float32 matrices (it holds the
-   same numbers and writes the same tokens, which the bench checks) and times the ceiling of
-   each: a cached token must read every matrix once (42.6 MB in float32 at this size), so timing
-   those products alone bounds any decoder on this machine's memory system.
+   so the math is float32; each cached token runs models.fast_decoding's one-token step. The race
+   also runs the same model stepping through its modules, and with float32 matrices (all hold
+   the same numbers and write the same tokens, which the bench checks), and times the ceiling of
+   each kind of matrix: a cached token must read every matrix once (42.6 MB in float32 at this
+   size), so timing those products alone bounds any decoder on this machine's memory system.
 
 Runs are interleaved (one of each per round, median over the rounds) so that other processes on
 the shared machine slow every contender alike; the load average is printed before and after.
@@ -44,13 +45,17 @@ from bench.common import report  # noqa: E402
 from bench.nanogpt_style import BaselineConfig, BaselineGPT  # noqa: E402
 from models.checkpoint import Float16Linear, keep_linears_in_float16  # noqa: E402
 from models.decoding import sample  # noqa: E402
+from models.fast_decoding import FastDecoder  # noqa: E402
 from models.transformer import GPT, GPTConfig  # noqa: E402
 
 PROMPT = "ROMEO:\nBut soft, what light"  # the Generate tab's first example
 NANOGPT = {"vocab_size": 65, "context_len": 256, "n_layers": 6, "n_heads": 6, "d_model": 384, "d_ff": 1536}
 
-SERVED = "ours, KV cache (matrices kept in float16)"
+BASELINE = "nanoGPT-style generate (no cache)"
+SERVED = "ours, KV cache (float16-kept, fast step)"
+MODULES = "ours, KV cache, step through the modules"
 FLOAT32 = "ours, KV cache, float32 matrices"
+UNCACHED = "ours, no cache"
 
 Run = Callable[[], tuple[float, float]]  # () -> (tokens/s over the whole call, first token ms)
 
@@ -71,19 +76,23 @@ def race(contenders: dict[str, Run], rounds: int) -> dict[str, dict[str, float]]
     }
 
 
-def timed_steps(steps, n: int) -> tuple[float, float]:
-    """Consume an iterator of n new tokens: (tokens/s, ms until the first one)."""
-    start = time.perf_counter()
+def timed_steps(steps, n: int, start: float) -> tuple[float, float]:
+    """Consume an iterator of n new tokens: (tokens/s, ms until the first one), timed from `start`."""
     first = None
     for _ in steps:
         first = first if first is not None else time.perf_counter() - start
     return n / (time.perf_counter() - start), 1000 * first
 
 
-def ours(model: GPT, prompt: torch.Tensor, tokens: int, use_cache: bool) -> Run:
+def ours(model: GPT, prompt: torch.Tensor, tokens: int, use_cache: bool, fast: bool = True) -> Run:
+    """Our sampling loop; `fast`: through FastDecoder, built per call as the Generate tab does."""
+
     def run() -> tuple[float, float]:
         generator = torch.Generator().manual_seed(0)
-        return timed_steps(sample(model, prompt, tokens, 1.0, use_cache=use_cache, generator=generator), tokens)
+        start = time.perf_counter()
+        decoder = FastDecoder(model) if fast else model
+        steps = sample(decoder, prompt, tokens, 1.0, use_cache=use_cache, generator=generator)
+        return timed_steps(steps, tokens, start)
 
     return run
 
@@ -135,30 +144,33 @@ def nanogpt_race(tokens: int, rounds: int) -> dict:
     served = keep_linears_in_float16(copy.deepcopy(full))  # what the Generate tab does on load
     base_model = BaselineGPT(BaselineConfig()).eval()
     prompt = torch.randint(0, 65, (1, len(PROMPT)))
-    contenders = {
-        "nanoGPT-style generate (no cache)": baseline(base_model, prompt, tokens),
-        SERVED: ours(served, prompt, tokens, True),
-        FLOAT32: ours(full, prompt, tokens, True),
-        "ours, no cache": ours(served, prompt, tokens, False),
-    }
-    for warm_up in (
-        baseline(base_model, prompt, 5),
-        ours(served, prompt, 5, True),
-        ours(full, prompt, 5, True),
-        ours(served, prompt, 5, False),
-    ):
+
+    def contenders(n: int) -> dict[str, Run]:
+        return {
+            BASELINE: baseline(base_model, prompt, n),
+            SERVED: ours(served, prompt, n, True),
+            MODULES: ours(served, prompt, n, True, fast=False),
+            FLOAT32: ours(full, prompt, n, True),
+            UNCACHED: ours(served, prompt, n, False),
+        }
+
+    for warm_up in contenders(5).values():
         warm_up()  # allocator and first-call overheads
-    result = race(contenders, rounds)
-    base = result["nanoGPT-style generate (no cache)"]["tokens_per_s"]
-    same = [list(sample(m, prompt, 200, 1.0, generator=torch.Generator().manual_seed(0))) for m in (served, full)]
+    result = race(contenders(tokens), rounds)
+    base = result[BASELINE]["tokens_per_s"]
+    written = [
+        [int(t) for t in sample(decoder, prompt, 200, 1.0, generator=torch.Generator().manual_seed(0))]
+        for decoder in (FastDecoder(served), served, FastDecoder(full), full)
+    ]
     ceilings = {name: weight_reading_ceiling(m) for name, m in (("float16_kept", served), ("float32", full))}
     return {
         "params_millions": round(base_model.n_params() / 1e6, 2),
         "contenders": result,
         "cached_vs_baseline": round(result[SERVED]["tokens_per_s"] / base, 2),
+        "module_step_vs_baseline": round(result[MODULES]["tokens_per_s"] / base, 2),
         "float32_cached_vs_baseline": round(result[FLOAT32]["tokens_per_s"] / base, 2),
-        "uncached_vs_baseline": round(result["ours, no cache"]["tokens_per_s"] / base, 2),
-        "float16_kept_and_float32_same_200_tokens": all(torch.equal(x, y) for x, y in zip(*same, strict=True)),
+        "uncached_vs_baseline": round(result[UNCACHED]["tokens_per_s"] / base, 2),
+        "all_cached_ways_same_200_tokens": all(w == written[0] for w in written),
         "matrix_products_ceiling": {
             name: {**c, "vs_baseline": round(c["tokens_per_s"] / base, 2)} for name, c in ceilings.items()
         },
@@ -184,7 +196,7 @@ def tab_race(tokens: int, rounds: int) -> dict:
     result = race({"KV cache": run(PROMPT, tokens, True), "no cache": run(PROMPT, tokens, False)}, rounds)
     full = race({"full context": run(long_prompt, 1, True)}, rounds)["full context"]
     return {
-        "checkpoint": str(checkpoint_dir("generation")),
+        "checkpoint": os.path.relpath(checkpoint_dir("generation")),
         "context_len": model.context_len,
         "receptive_field": model.receptive_field,
         "contenders": result,
@@ -264,7 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in nanogpt["contenders"].items():
         print(f"    {name:<40} {r['tokens_per_s']:>8.1f} tok/s   first token {r['first_token_ms']:>7.1f} ms")
     print(f"    cached / baseline (target >= 10x): {nanogpt['cached_vs_baseline']:.2f}x")
+    print(f"    step through the modules / baseline: {nanogpt['module_step_vs_baseline']:.2f}x")
     print(f"    float32 matrices / baseline: {nanogpt['float32_cached_vs_baseline']:.2f}x")
+    print(f"    every cached way writes the same 200 tokens: {nanogpt['all_cached_ways_same_200_tokens']}")
     for name, c in nanogpt["matrix_products_ceiling"].items():
         print(
             f"    ceiling, {name}: the matrix products alone ({c['weights_mb']} MB) take {c['ms_per_token']} ms "

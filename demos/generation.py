@@ -28,6 +28,7 @@ from demos.common import (
 from demos.plots import char_label
 from demos.tools import examples_that_run
 from models.decoding import filter_logits, sample
+from models.fast_decoding import FastDecoder
 from models.tokenizers import CharTokenizer
 
 TITLE = "Generate"
@@ -205,7 +206,7 @@ def generate(
     first_token_ms = 0.0
     chars: list[str] = []
     steps = sample(
-        model,
+        FastDecoder(model),
         torch.tensor([prepared.ids]),
         n_new,
         sampling.temperature,

@@ -20,6 +20,7 @@ from demos import generation as tab
 from demos.common import get_model
 from models.checkpoint import load_model, save_checkpoint
 from models.decoding import sample
+from models.fast_decoding import FastDecoder
 from models.tokenizers import CharTokenizer, load_tokenizer
 from models.transformer import GPT, GPTConfig
 from training import generation
@@ -192,9 +193,10 @@ def test_shipped_model_cache_agrees_past_the_context_and_writes_shakespeare_char
 
 
 class RecordingDecoder:
-    """A GPT as a models.decoding Decoder that keeps the last-position logits of every step."""
+    """A GPT (or a FastDecoder) as a models.decoding Decoder that keeps the last-position logits
+    of every step."""
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT | FastDecoder) -> None:
         self.model, self.logits = model, []
         self.context_len, self.rolling_cache = model.context_len, model.rolling_cache
         self.receptive_field = model.receptive_field
@@ -208,11 +210,12 @@ class RecordingDecoder:
         return logits
 
 
-def decode_both_ways(model: GPT, prompt: list[int], n_new: int, temperature: float, seed: int = 0):
-    """{use_cache: (new tokens, the logits each was drawn from)} from models.decoding.sample."""
+def decode_both_ways(model: GPT, prompt: list[int], n_new: int, temperature: float, seed: int = 0, fast=False):
+    """{use_cache: (new tokens, the logits each was drawn from)} from models.decoding.sample;
+    `fast`: the cached run goes through FastDecoder, as the Generate tab's does."""
     runs = {}
     for use_cache in (True, False):
-        recorder = RecordingDecoder(model)
+        recorder = RecordingDecoder(FastDecoder(model) if fast and use_cache else model)
         generator = torch.Generator().manual_seed(seed)
         steps = sample(recorder, torch.tensor([prompt]), n_new, temperature, use_cache=use_cache, generator=generator)
         runs[use_cache] = (torch.cat(list(steps)), torch.cat(recorder.logits))
@@ -301,7 +304,7 @@ def test_shipped_model_writes_the_same_1000_characters_with_and_without_the_cach
     model, tokenizer = load_model(folder).eval(), load_tokenizer(folder)
     prompt = tokenizer.encode(tab.EXAMPLES[0][0])
     for temperature in (0.0, 0.8):  # greedy, then sampled with a seed
-        runs = decode_both_ways(model, prompt, 1000, temperature, seed=3)
+        runs = decode_both_ways(model, prompt, 1000, temperature, seed=3, fast=True)  # as the tab decodes
         assert torch.equal(runs[True][0], runs[False][0])  # token for token, 8 contexts long
         assert (runs[True][1] - runs[False][1]).abs().max() < 1e-3  # float32: summation order only
 
@@ -457,9 +460,76 @@ def test_cache_on_and_off_agree_with_every_fast_option_on(temperature):
         for name, p in model.named_parameters():
             if "_norm." in name:
                 p.copy_(torch.rand_like(p) + 0.5)
-    runs = decode_both_ways(model, [1, 2, 3], 60, temperature, seed=4)  # far past the context of 8
-    assert torch.equal(runs[True][0], runs[False][0])
-    torch.testing.assert_close(runs[True][1], runs[False][1])
+    for fast in (False, True):
+        runs = decode_both_ways(model, [1, 2, 3], 60, temperature, seed=4, fast=fast)  # far past the context of 8
+        assert torch.equal(runs[True][0], runs[False][0])
+        torch.testing.assert_close(runs[True][1], runs[False][1])
+
+
+FAST_STEP_OPTIONS = [
+    {},
+    {"qk_norm": True, "activation": "relu2", "tie_weights": False},
+    {"positional": "learned", "bias": True, "activation": "relu"},
+    {"positional": "sinusoidal"},
+]
+
+
+@pytest.mark.parametrize(
+    "options", FAST_STEP_OPTIONS, ids=["rope", "qk_norm-relu2-untied", "learned-bias", "sinusoidal"]
+)
+@pytest.mark.parametrize("float16_kept", [False, True], ids=["float32", "float16_kept"])
+def test_fast_step_gives_the_module_steps_logits_bit_for_bit(tmp_path, options, float16_kept):
+    from models.checkpoint import keep_linears_in_float16
+
+    torch.manual_seed(0)
+    config = {"vocab_size": 11, "context_len": 8, "n_layers": 3, "n_heads": 2, "d_model": 16, "d_ff": 32}
+    save_checkpoint(tmp_path, GPT(GPTConfig(**config, **options, dropout=0.1)))  # float16 numbers, as shipped
+    model = load_model(tmp_path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # gains and biases away from 1 and 0
+            if "norm" in name or "bias" in name:
+                p.copy_((torch.rand_like(p) + 0.5).half().float())
+    if float16_kept:
+        keep_linears_in_float16(model)
+    fast = FastDecoder(model)
+    idx = torch.randint(0, 11, (2, 40))
+    with torch.inference_mode():
+        caches = model.new_cache(), fast.new_cache()
+        assert torch.equal(model.step(idx[:, :3], caches[0]), fast.step(idx[:, :3], caches[1]))  # the prompt
+        end = 40 if model.rolling_cache else 8  # a crop-and-refill decoder refills past its context
+        for t in range(3, end):
+            one = idx[:, t : t + 1]
+            module_logits, fast_logits = model.step(one, caches[0]), fast.step(one, caches[1])
+            assert torch.equal(module_logits, fast_logits), f"step {t}"
+        assert caches[0].position == caches[1].position == end
+        assert len(caches[0]) == len(caches[1])
+    grads = fast.step(idx[:, :1], fast.new_cache())  # with gradients on, through the modules
+    assert grads.requires_grad and grads.grad_fn is not None
+
+
+def spy_on_model_steps(model: GPT) -> list[int]:
+    """Record the length of what each call to model.step gets."""
+    calls, step = [], model.step
+    model.step = lambda tokens, cache, position=0: calls.append(tokens.size(1)) or step(tokens, cache, position)
+    return calls
+
+
+def test_fast_decoder_leaves_what_it_does_not_write_out_to_the_model():
+    config = {"vocab_size": 11, "context_len": 8, "n_layers": 2, "n_heads": 2, "d_model": 16, "d_ff": 32}
+    post_norm = GPT(GPTConfig(**config, norm_first=False)).eval()
+    calls = spy_on_model_steps(post_norm)
+    texts = [[int(t) for t in sample(d, torch.tensor([[1, 2]]), 5, 0.0)] for d in (FastDecoder(post_norm), post_norm)]
+    assert texts[0] == texts[1]
+    assert calls[:5] == [2, 1, 1, 1, 1]  # post-norm: every step through the model
+
+    pre_norm = GPT(GPTConfig(**config)).eval()
+    fast, calls = FastDecoder(pre_norm), spy_on_model_steps(pre_norm)
+    list(sample(fast, torch.tensor([[1, 2]]), 5, 0.0))
+    assert calls == [2]  # the prompt through the model, then every new token on the flat step
+    pre_norm.train()  # dropout on: through the modules again
+    with torch.no_grad():
+        fast.step(torch.tensor([[1]]), fast.new_cache())
+    assert calls == [2, 1]
 
 
 def test_matrices_kept_in_float16_compute_exactly_what_the_float32_model_does(tmp_path):
