@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU recipes as jobs that fit one call each on a lent GPU machine (at most 10 minutes):
 # each trains and scores, and leaves in $OUT one archive per checkpoint folder (<task>.tgz, to
-# unpack into checkpoints/), one with the metrics JSON and training logs (<job>-logs.tgz) and the
-# job's log, so that little comes back and nothing is forgotten.
+# unpack into checkpoints/; written as soon as that training ends), one with the metrics JSON and
+# training logs (<job>-logs.tgz) and the job's log, so that little comes back and nothing is forgotten.
 #
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh vision       # ~9 min: train (400 s budget), score
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh short        # generation + audio + attention bench
@@ -37,12 +37,14 @@ else
     limit=()
 fi
 
-train() {  # task, config, extra --set values for the dry run
+train() {  # task, config, extra --set values for the dry run; the checkpoint is packed at once,
+    # so that a call cut off later (scoring, the next task) still brings it back
     local task=$1 config=$2
     shift 2
     echo "== train $task ($config) $(date -u +%H:%M:%S)"
     python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" \
         --out "$checkpoints/$task" --log-dir "$work/runs" "${dry[@]}" ${DRY:+"$@"}
+    tar czf "$OUT/$task.tgz" -C "$(dirname "$checkpoints/$task")" "$task"
 }
 
 score() {  # task: its metrics JSON (the evaluate CLI's last line) into the work folder
@@ -53,11 +55,8 @@ score() {  # task: its metrics JSON (the evaluate CLI's last line) into the work
     tail -n 1 "$work/$task-eval.out" > "$work/${task}_eval.json"
 }
 
-pack() {  # one archive per checkpoint folder (each stays under what a call brings back), one for the rest
+pack() {  # the metrics JSON and training logs (the checkpoints were packed after training)
     echo "== pack $(date -u +%H:%M:%S)"
-    for task in "$@"; do
-        tar czf "$OUT/$task.tgz" -C "$(dirname "$checkpoints/$task")" "$task"
-    done
     tar czf "$OUT/$job-logs.tgz" -C "$work" runs $(cd "$work" && ls -- *.json)
     ls -l "$OUT"
 }
@@ -66,7 +65,7 @@ case $job in
 vision)
     train vision vision-gpu.yaml val_size=500  # (dry run: validate on 500 images, not the 10,000)
     score vision
-    pack vision
+    pack
     ;;
 short)
     train generation generation-gpu.yaml
@@ -76,17 +75,17 @@ short)
     if [[ -z $DRY ]]; then
         python -m bench.attention --device cuda --dtype bfloat16 --json "$work/attention_h100.json"
     fi
-    pack generation audio
+    pack
     ;;
 translation)
     train translation translation-gpu.yaml
     score translation
-    pack translation
+    pack
     ;;
 mlm)
     train mlm mlm-gpu.yaml
     score mlm
-    pack mlm
+    pack
     ;;
 *)
     echo "unknown job $job: vision, short, translation or mlm" >&2
