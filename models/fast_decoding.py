@@ -9,7 +9,7 @@ the same step as a flat list of tensor operations:
 - the same operations in the same order on the same numbers as `GPT.step`: its logits are
   `GPT.step`'s bit for bit (tests/test_generation.py compares every one, past the context too);
 - queries, keys and values come from one product with the three matrices stacked: one call
-  instead of three, and each output is the same dot product as before (the test above checks
+  instead of three, and each output is the same dot product as before (that same test checks
   that this machine's BLAS gives the same numbers);
 - float16-kept matrices (models.checkpoint.Float16Linear) are upcast into one scratch buffer that
   the decoder reuses, so no step allocates megabytes.
