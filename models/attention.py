@@ -154,11 +154,11 @@ class KVCache:
 
     @property
     def k(self) -> Tensor | None:
-        return None if self.buffer_k is None else self.buffer_k[:, :, self.start : self.end]
+        return None if self.buffer_k is None else self.buffer_k.narrow(2, self.start, self.end - self.start)
 
     @property
     def v(self) -> Tensor | None:
-        return None if self.buffer_v is None else self.buffer_v[:, :, self.start : self.end]
+        return None if self.buffer_v is None else self.buffer_v.narrow(2, self.start, self.end - self.start)
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -168,8 +168,8 @@ class KVCache:
         n = k.size(2)
         if self.buffer_k is None or self.end + n > self.buffer_k.size(2):
             self._make_room(k, v, n)
-        self.buffer_k[:, :, self.end : self.end + n] = k
-        self.buffer_v[:, :, self.end : self.end + n] = v
+        self.buffer_k.narrow(2, self.end, n).copy_(k)  # narrow: one call, where slicing costs several
+        self.buffer_v.narrow(2, self.end, n).copy_(v)
         self.end += n
         return self.k, self.v
 

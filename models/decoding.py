@@ -40,7 +40,8 @@ def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = 
     if temperature <= 0:
         probs = torch.zeros_like(logits)
         return probs.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = logits / temperature
+    if temperature != 1.0:  # dividing by 1 changes nothing, and costs a call per token
+        logits = logits / temperature
     if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -12,7 +12,10 @@ the same step as a flat list of tensor operations:
   instead of three, and each output is the same dot product as before (that same test checks
   that this machine's BLAS gives the same numbers);
 - float16-kept matrices (models.checkpoint.Float16Linear) are upcast into one scratch buffer that
-  the decoder reuses, so no step allocates megabytes.
+  the decoder reuses, so no step allocates megabytes;
+- what a step reads of the model (weights, norms, sizes) is looked up once, when the decoder is
+  built, and each operation that only renames memory is written once: at a fixed per-operation cost
+  of a few microseconds, a step of about 250 operations spends a quarter of its time on them.
 
 Prompts, uncached steps and anything that needs gradients go through the model as usual.
 """
@@ -39,13 +42,26 @@ class FastDecoder:
         self.model = model
         self.context_len, self.rolling_cache = model.context_len, model.rolling_cache
         self.receptive_field = model.receptive_field
-        self.fast = model.config.norm_first  # post-norm is not written out below; it keeps the modules
-        self.qkv = [_stacked_projections(layer.self_attn) for layer in model.layers]
-        dtype = model.embed.weight.dtype  # what the model computes in (float32 when served)
-        blocks = [(layer.self_attn.out_proj, layer.ff.fc1, layer.ff.fc2) for layer in model.layers]
-        matrices = [w for w, _ in self.qkv] + [linear.weight for block in blocks for linear in block]
-        largest = max((w.numel() for w in matrices if w.dtype != dtype), default=0)
-        self.scratch = torch.empty(largest, dtype=dtype, device=model.embed.weight.device)
+        embedding = model.embed.weight
+        ropes = {id(layer.self_attn.rope) for layer in model.layers}
+        # written out below: pre-norm float32 GPTs whose layers share one RoPE table (or none);
+        # anything else keeps the modules
+        self.fast = model.config.norm_first and embedding.dtype == torch.float32 and len(ropes) == 1
+        if self.fast:
+            self._look_up(model)
+
+    def _look_up(self, model: GPT) -> None:
+        embedding = model.embed.weight
+        stacked = [_stacked_projections(layer.self_attn) for layer in model.layers]
+        linears = [layer.self_attn.out_proj for layer in model.layers] + [model.lm_head]
+        linears += [fc for layer in model.layers for fc in (layer.ff.fc1, layer.ff.fc2)]
+        kept = [w for w, _ in stacked] + [linear.weight for linear in linears]
+        largest = max((w.numel() for w in kept if w.dtype != embedding.dtype), default=0)
+        scratch = torch.empty(largest, dtype=embedding.dtype, device=embedding.device)
+        self.blocks = [_Block(layer, qkv, scratch) for layer, qkv in zip(model.layers, stacked)]
+        self.rope = model.layers[0].self_attn.rope
+        self.final_norm = _norm_arguments(model.norm)
+        self.head = _Matrix(model.lm_head.weight, model.lm_head.bias, scratch)
 
     def new_cache(self) -> DecoderCache:
         return self.model.new_cache()
@@ -58,41 +74,65 @@ class FastDecoder:
 
     def _one_token(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """GPT.forward for one new token per row, with the cache; see the module's docstring."""
-        model, position = self.model, cache.position
-        batch = tokens.size(0)
+        model, position, batch = self.model, cache.position, tokens.size(0)
         x = F.embedding(tokens, model.embed.weight)
         if model.positional is not None:
             x = model.positional(x, position)
-        for i, layer in enumerate(model.layers):
-            attn = layer.self_attn
-            h = _layer_norm(layer.self_residual.norm, x)
-            weight, bias = self.qkv[i]
-            qkv = F.linear(h, self._upcast(weight), bias).view(batch, 1, 3, attn.n_heads, attn.head_dim)
-            q, k, v = (part.transpose(1, 2) for part in qkv.unbind(2))  # each (batch, heads, 1, head_dim)
-            if attn.q_norm is not None:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            if attn.rope is not None:
-                q, k = attn.rope(q, position), attn.rope(k, position)
-            layer_cache = cache.self_attn[i]
+        rotation = None if self.rope is None else self.rope.rotations_at(position, 1, x.device)
+        for block, layer_cache in zip(self.blocks, cache.self_attn):
+            h = F.layer_norm(x, *block.norm1)
+            # (batch, 1, 3 * d_model) holds Q, K and V, each (batch, heads, 1, head_dim) in memory order:
+            # with a single position the heads need no transpose
+            q, k, v = block.qkv(h).view(batch, 3, block.n_heads, 1, block.head_dim).unbind(1)
+            if block.q_norm is not None:
+                q, k = block.q_norm(q), block.k_norm(k)
+            if rotation is not None:
+                q, k = _rotate(q, rotation), _rotate(k, rotation)
             k, v = layer_cache.append(k, v)
             # one query after its cached keys sees all of them: no mask (the cache keeps the window)
-            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+            out = F.scaled_dot_product_attention(q, k, v, scale=block.scale)
             layer_cache.trim()
-            x = x + self._linear(attn.out_proj, out.transpose(1, 2).reshape(batch, 1, -1))
-            ff = layer.ff
-            h = _layer_norm(layer.ff_residual.norm, x)
-            x = x + self._linear(ff.fc2, ff.act(self._linear(ff.fc1, h)))
+            x = x + block.out(out.reshape(batch, 1, -1))  # the heads side by side, as for one position
+            h = F.layer_norm(x, *block.norm2)
+            x = x + block.fc2(block.act(block.fc1(h)))
         cache.position += 1
-        return model.lm_head(model.norm(x))
+        return self.head(F.layer_norm(x, *self.final_norm))
 
-    def _linear(self, linear: nn.Module, x: Tensor) -> Tensor:
-        return F.linear(x, self._upcast(linear.weight), linear.bias)
 
-    def _upcast(self, weight: Tensor) -> Tensor:
-        """The matrix in the model's dtype: a float16-kept one upcast into the scratch buffer."""
-        if weight.dtype == self.scratch.dtype:
-            return weight
-        return self.scratch[: weight.numel()].view(weight.shape).copy_(weight)
+class _Matrix:
+    """One linear layer as F.linear takes it. A float16-kept weight is upcast into its view of the
+    decoder's scratch buffer before each product (as Float16Linear's `.to()` does, without
+    allocating)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, scratch: Tensor) -> None:
+        self.kept, self.bias = weight.detach(), bias
+        self.upcast = weight.dtype != scratch.dtype
+        self.weight = scratch[: weight.numel()].view(weight.shape) if self.upcast else self.kept
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.upcast:
+            self.weight.copy_(self.kept)
+        return F.linear(x, self.weight, self.bias)
+
+
+class _Block:
+    """What one decoder layer's step reads, looked up once."""
+
+    def __init__(self, layer: nn.Module, qkv: tuple[Tensor, Tensor | None], scratch: Tensor) -> None:
+        attn, ff = layer.self_attn, layer.ff
+        self.norm1, self.norm2 = _norm_arguments(layer.self_residual.norm), _norm_arguments(layer.ff_residual.norm)
+        self.qkv = _Matrix(*qkv, scratch)
+        self.n_heads, self.head_dim, self.scale = attn.n_heads, attn.head_dim, attn.scale
+        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
+        self.out = _Matrix(attn.out_proj.weight, attn.out_proj.bias, scratch)
+        self.fc1 = _Matrix(ff.fc1.weight, ff.fc1.bias, scratch)
+        self.act = ff.act.forward  # the module's own function, without the call machinery around it
+        self.fc2 = _Matrix(ff.fc2.weight, ff.fc2.bias, scratch)
+
+
+def _rotate(x: Tensor, rotation: Tensor) -> Tensor:
+    """RotaryEmbedding.rotate_from_table for a float32 x with its rotations already looked up."""
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rotation).flatten(-2)
 
 
 def _stacked_projections(attn: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -104,5 +144,6 @@ def _stacked_projections(attn: nn.Module) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
-def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+def _norm_arguments(norm: nn.LayerNorm) -> tuple:
+    """F.layer_norm's arguments after the input, for `norm`."""
+    return norm.normalized_shape, norm.weight, norm.bias, norm.eps

@@ -74,14 +74,18 @@ class RotaryEmbedding(nn.Module):
         """The same rotation as one complex product per pair, (x1 + i x2) e^(i pos theta), with
         the factors read from a table: decoding rotates one position per layer per token, and
         recomputing its angles each time cost more than the rotation."""
-        end = position + x.size(2)
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * self.rotations_at(position, x.size(2), x.device)).flatten(-2).to(x.dtype)
+
+    def rotations_at(self, position: int, length: int, device: torch.device) -> Tensor:
+        """e^(i pos theta) for `length` positions from `position`: (length, head_dim/2), complex."""
+        end = position + length
         table = self.rotations
-        if table is None or table.size(0) < end or table.device != x.device:
-            t = torch.arange(max(2 * end, 512), device=x.device, dtype=torch.float32)
+        if table is None or table.size(0) < end or table.device != device:
+            t = torch.arange(max(2 * end, 512), device=device, dtype=torch.float32)
             angles = torch.outer(t, self.inv_freq)
             table = self.rotations = torch.polar(torch.ones_like(angles), angles)
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        return torch.view_as_real(pairs * table[position:end]).flatten(-2).to(x.dtype)
+        return table[position:end]
 
 
 def build_positional(kind: str, d_model: int, max_len: int) -> nn.Module | None:

@@ -471,11 +471,12 @@ FAST_STEP_OPTIONS = [
     {"qk_norm": True, "activation": "relu2", "tie_weights": False},
     {"positional": "learned", "bias": True, "activation": "relu"},
     {"positional": "sinusoidal"},
+    {"d_model": 128, "n_heads": 2, "d_ff": 256},  # 64-wide heads, as served: other vector loops
 ]
 
 
 @pytest.mark.parametrize(
-    "options", FAST_STEP_OPTIONS, ids=["rope", "qk_norm-relu2-untied", "learned-bias", "sinusoidal"]
+    "options", FAST_STEP_OPTIONS, ids=["rope", "qk_norm-relu2-untied", "learned-bias", "sinusoidal", "wide-heads"]
 )
 @pytest.mark.parametrize("float16_kept", [False, True], ids=["float32", "float16_kept"])
 def test_fast_step_gives_the_module_steps_logits_bit_for_bit(tmp_path, options, float16_kept):
@@ -483,7 +484,7 @@ def test_fast_step_gives_the_module_steps_logits_bit_for_bit(tmp_path, options, 
 
     torch.manual_seed(0)
     config = {"vocab_size": 11, "context_len": 8, "n_layers": 3, "n_heads": 2, "d_model": 16, "d_ff": 32}
-    save_checkpoint(tmp_path, GPT(GPTConfig(**config, **options, dropout=0.1)))  # float16 numbers, as shipped
+    save_checkpoint(tmp_path, GPT(GPTConfig(**{**config, **options}, dropout=0.1)))  # float16 numbers, as shipped
     model = load_model(tmp_path)
     with torch.no_grad():
         for name, p in model.named_parameters():  # gains and biases away from 1 and 0
