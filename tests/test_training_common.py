@@ -118,3 +118,25 @@ def test_export_writes_fp16_weights_config_and_tokenizer_of_the_plain_model(tmp_
     assert load_tokenizer(tmp_path).chars == list("abcde")
     ids = torch.tensor([[0, 1, 2, 3]])
     torch.testing.assert_close(loaded(ids).logits, plain.eval()(ids).logits, atol=2e-2, rtol=0)
+
+
+def test_weight_ema_follows_its_warmed_up_recurrence():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = common.WeightEMA(model, decay=0.9)
+    expected = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    for step in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 3))  # training mode: moves the BatchNorm statistics and counter
+        ema.update(model, step)
+        d = min(0.9, (1 + step) / (10 + step))  # early steps follow the weights more closely
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                expected[name] = d * expected[name] + (1 - d) * value
+            else:
+                expected[name] = value.clone()  # the batch counter is copied
+    for name, value in ema.module.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-5)
+    assert not any(p.requires_grad for p in ema.module.parameters())

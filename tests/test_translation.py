@@ -9,11 +9,13 @@ import json
 import math
 import random
 import unicodedata
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from models.checkpoint import load_model
 from models.decoding import beam_search, beam_search_batch
 from models.tokenizers import load_tokenizer
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
@@ -191,6 +193,33 @@ def test_training_steps_lower_the_label_smoothed_loss(corpus):
     assert losses[-1] < losses[0] - 0.5
 
 
+def test_the_weight_ema_is_validated_and_shipped_but_not_trained(corpus, tmp_path):
+    torch.manual_seed(0)
+    module, data = tr.build(tiny_config(ema_decay=0.9), corpus)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    optimizer = module.configure_optimizers()["optimizer"]
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in module.model.parameters()}  # the copy has no optimizer state
+    with warnings.catch_warnings():  # Lightning warns that self.log has no Trainer here
+        warnings.simplefilter("ignore")
+        for step in range(5):
+            loss = module.training_step(batch, step)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            module.on_train_batch_end(loss, batch, step)  # the EMA follows
+        ema = module.ema.module
+        assert not torch.equal(ema.embed.weight, module.model.embed.weight)
+        logged = {}
+        module.log_validation = lambda n, **metrics: logged.update(metrics)
+        module.validation_step(batch, 0)
+    assert logged["loss"].item() == pytest.approx(module.loss(batch, 0.0, ema.forward)[0].item())
+    assert logged["loss"].item() != pytest.approx(module.loss(batch, 0.0)[0].item())
+    shipped = load_model(export(module, tmp_path / "translation", meta={}))
+    assert torch.equal(shipped.embed.weight, ema.embed.weight.half().float())
+
+
 # --- decoding ------------------------------------------------------------------------------------
 
 
@@ -219,7 +248,6 @@ def test_batched_beam_search_equals_one_source_at_a_time():
 
 
 def test_translate_ids_routes_by_the_language_token(tiny_checkpoint):
-    from models.checkpoint import load_model
     from models.tokenizers import load_tokenizer
     from models.translation import max_output_len, translate_ids
 

@@ -6,6 +6,8 @@
 Each training pair is (source ids + </s>, <2xx> + target ids + </s>) for en->de, de->en, en->fr and
 fr->en; batches hold a token budget of similar-length pairs; the loss is label-smoothed
 cross-entropy; the optimizer is AdamW with linear warmup and cosine decay (training.common.TimedModule).
+With `ema_decay` an exponential moving average of the weights is validated and shipped (averaging
+late checkpoints is the classic translation trick: Vaswani et al. averaged the last five).
 """
 
 from __future__ import annotations
@@ -179,12 +181,13 @@ class TranslationModule(TimedModule):
         super().__init__(config)
         self.tokenizer = tokenizer
         self.model = EncoderDecoder(EncoderDecoderConfig(**config.model))
+        self.keep_ema()  # averaged weights: what validation sees and export ships, when on
         # compiled with dynamic shapes: every token-budget batch has its own (rows, length)
         self.forward_fn = compiled(self.model.forward, config, dynamic=True)
 
-    def loss(self, batch: tuple[Tensor, Tensor, Tensor], label_smoothing: float) -> tuple[Tensor, int]:
+    def loss(self, batch: tuple[Tensor, Tensor, Tensor], label_smoothing: float, forward=None) -> tuple[Tensor, int]:
         src, tgt_in, tgt_out = batch
-        logits = self.forward_fn(src, tgt_in).logits
+        logits = (forward or self.forward_fn)(src, tgt_in).logits
         loss = F.cross_entropy(
             logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD_ID, label_smoothing=label_smoothing
         )
@@ -197,7 +200,8 @@ class TranslationModule(TimedModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         # plain cross-entropy per target token (no smoothing), so exp(val/loss) is the perplexity
-        loss, n_tokens = self.loss(batch, 0.0)
+        forward = self.ema.module.forward if self.ema is not None else None  # the EMA copy runs eager
+        loss, n_tokens = self.loss(batch, 0.0, forward)
         self.log_validation(n_tokens, loss=loss)
 
 

@@ -14,7 +14,6 @@ stops when the budget is spent (a GPU recipe is "the best in N minutes").
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import os
@@ -50,7 +49,6 @@ class Config(TrainingConfig):
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0  # share of batches mixed
     mix_until: float = 1.0  # stop mixing after this share of training (fit clean images at the end)
-    ema_decay: float = 0.0  # EMA of the weights (0 = off); the EMA model is validated and exported
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,28 +185,6 @@ class CIFAR10Data(L.LightningDataModule):
 # ----------------------------------------------------------------------------------------------
 
 
-class WeightEMA(nn.Module):
-    """Exponential moving average of a model's weights (Polyak averaging), the model that gets
-    validated and shipped. The decay warms up as min(decay, (1 + step) / (10 + step)) so that
-    early on the average follows the fast-moving weights. One fused lerp per step (timm's
-    ModelEmaV3 walks two state_dicts per step: measurable at ~10 ms steps)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__()
-        self.module = copy.deepcopy(model).requires_grad_(False)  # Lightning sets its train/eval mode
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - decay)
-        for ours, theirs in zip(self.module.buffers(), model.buffers(), strict=True):  # BatchNorm statistics
-            if ours.is_floating_point():
-                ours.lerp_(theirs, 1.0 - decay)
-            else:
-                ours.copy_(theirs)
-
-
 class VisionModule(TimedModule):
     """Wires VisionClassifier to augmentation, mixing, the loss, the optimizer and the EMA."""
 
@@ -228,21 +204,10 @@ class VisionModule(TimedModule):
                 label_smoothing=c.label_smoothing,
                 num_classes=self.model.config.num_classes,
             )
-        self.ema = WeightEMA(self.model, c.ema_decay) if c.ema_decay > 0 else None
-        # compiled in place; the EMA copy was taken before and stays eager, so validating it never
-        # triggers an eval-mode recompile
+        self.keep_ema()  # before compiling in place: the EMA copy stays eager
         compiled(self.model.vit, c)
         compiled(self.augment, c)
         self._images_seen = 0
-
-    @property
-    def eval_model(self) -> VisionClassifier:
-        """The model that validation, export and the demo see: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
-    @property
-    def export_model(self) -> VisionClassifier:
-        return self.eval_model
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
@@ -258,8 +223,7 @@ class VisionModule(TimedModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step)
+        super().on_train_batch_end(outputs, batch, batch_idx)  # the EMA
         if self.clock.start is not None:  # images after the first (compiling) step, as the clock
             self._images_seen += batch[0].size(0)
 
