@@ -200,9 +200,13 @@ class TranslationModule(TimedModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         # plain cross-entropy per target token (no smoothing), so exp(val/loss) is the perplexity
-        forward = self.ema.module.forward if self.ema is not None else None  # the EMA copy runs eager
-        loss, n_tokens = self.loss(batch, 0.0, forward)
-        self.log_validation(n_tokens, loss=loss)
+        if self.ema is None:
+            loss, n_tokens = self.loss(batch, 0.0)
+            self.log_validation(n_tokens, loss=loss)
+            return
+        loss, n_tokens = self.loss(batch, 0.0, self.ema.module.forward)  # the EMA copy runs eager
+        raw_loss, _ = self.loss(batch, 0.0)  # the trained weights themselves: did averaging help?
+        self.log_validation(n_tokens, loss=loss, loss_raw=raw_loss)
 
 
 # ----------------------------------------------------------------------------------------------
