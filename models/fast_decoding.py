@@ -59,7 +59,7 @@ class FastDecoder:
         kept = [w for w, _ in stacked] + [linear.weight for linear in linears]
         largest = max((w.numel() for w in kept if w.dtype != embedding.dtype), default=0)
         scratch = torch.empty(largest, dtype=embedding.dtype, device=embedding.device)
-        self.blocks = [_Block(layer, qkv, scratch) for layer, qkv in zip(model.layers, stacked)]
+        self.blocks = [_Block(layer, qkv, scratch) for layer, qkv in zip(model.layers, stacked, strict=True)]
         self.rope = model.layers[0].self_attn.rope
         self.final_norm = _norm_arguments(model.norm)
         self.head = _Matrix(model.lm_head.weight, model.lm_head.bias, scratch)
@@ -80,7 +80,7 @@ class FastDecoder:
         if model.positional is not None:
             x = model.positional(x, position)
         rotation = None if self.rope is None else self.rope.rotations_at(position, 1, x.device)
-        for block, layer_cache in zip(self.blocks, cache.self_attn):
+        for block, layer_cache in zip(self.blocks, cache.self_attn, strict=True):
             h = F.layer_norm(x, *block.norm1)
             # (batch, 1, 3 * d_model) holds Q, K and V, each (batch, heads, 1, head_dim) in memory order:
             # with a single position the heads need no transpose

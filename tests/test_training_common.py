@@ -140,3 +140,14 @@ def test_weight_ema_follows_its_warmed_up_recurrence():
     for name, value in ema.module.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-5)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_a_task_without_an_ema_refuses_ema_decay():
+    from training import generation
+
+    config = generation.Config(model={"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32}, ema_decay=0.99)
+    module = generation.GenerationModule(config, vocab=list("abc"))
+    with pytest.raises(ValueError, match="keeps no EMA"):
+        module.on_fit_start()
+    module.config.ema_decay = 0.0
+    module.on_fit_start()  # nothing asked, nothing refused

@@ -1,7 +1,7 @@
 """What every task's training shares: configs from YAML, data location, optimizer and schedule,
-an EMA of the weights (`WeightEMA`), `compile: true` (`compiled`), metric names (`TimedModule.log_training` / `log_validation`), the
-checkpoint a run exports (`export`) and a wall-clock log of validation metrics. No Gradio here
-(the GPU image has none)."""
+an EMA of the weights (`WeightEMA`), `compile: true` (`compiled`), metric names
+(`TimedModule.log_training` / `log_validation`), the checkpoint a run exports (`export`) and a
+wall-clock log of validation metrics. No Gradio here (the GPU image has none)."""
 
 from __future__ import annotations
 
@@ -244,6 +244,11 @@ class TimedModule(L.LightningModule):
     def eval_model(self) -> nn.Module:
         """The model that validation, export and the demos see: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.model
+
+    def on_fit_start(self) -> None:
+        if self.config.ema_decay > 0 and self.ema is None:
+            task = type(self).__name__
+            raise ValueError(f"ema_decay: {task} keeps no EMA of its weights (vision and translation do)")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:

@@ -26,7 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.checkpoint import load_model
 from models.vision import VisionClassifier, ViTConfig
