@@ -9,6 +9,9 @@
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh translation  # ~9 min: train, four directions, beam 4
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh mlm
 #
+# short's three parts also run alone (generation, audio, attention: a few minutes each), to fill
+# what a session has left after a longer job.
+#
 # Before spending GPU time, run the same job here on the CPU: DRY=1 trains 3 steps of the same
 # recipe (everything but bf16 and torch.compile) and scores a few examples, so a typo or a missing
 # file shows up for free:
@@ -19,7 +22,7 @@
 # (python -m bench.confidence vision --fit) and rerun bench/vision.py and bench/vision_corruptions.py.
 set -euo pipefail
 
-job=${1:?"which job: vision, short, translation or mlm"}
+job=${1:?"which job: vision, short (or one of its parts: generation, audio, attention), translation or mlm"}
 DATA=${DATA:-data}
 OUT=${OUT:-/tmp/gpu-jobs}
 DRY=${DRY:-}
@@ -55,9 +58,23 @@ score() {  # task: its metrics JSON (the evaluate CLI's last line) into the work
     tail -n 1 "$work/$task-eval.out" > "$work/${task}_eval.json"
 }
 
+attention_bench() {  # the attention table on the GPU; the dry run times two small sizes on the CPU
+    echo "== attention bench $(date -u +%H:%M:%S)"
+    if [[ -n $DRY ]]; then
+        python -m bench.attention --sizes 64 128 --repeats 1 --no-memory --json "$work/attention_dry.json"
+    else
+        python -m bench.attention --device cuda --dtype bfloat16 --json "$work/attention_h100.json"
+    fi
+}
+
 pack() {  # the metrics JSON and training logs (the checkpoints were packed after training)
     echo "== pack $(date -u +%H:%M:%S)"
-    tar czf "$OUT/$job-logs.tgz" -C "$work" runs $(cd "$work" && ls -- *.json)
+    local items=()
+    if [[ -d $work/runs ]]; then items+=(runs); fi
+    for file in "$work"/*.json; do
+        if [[ -e $file ]]; then items+=("$(basename "$file")"); fi
+    done
+    tar czf "$OUT/$job-logs.tgz" -C "$work" "${items[@]}"
     ls -l "$OUT"
 }
 
@@ -72,9 +89,21 @@ short)
     score generation
     train audio audio-gpu.yaml num_workers=0
     score audio
-    if [[ -z $DRY ]]; then
-        python -m bench.attention --device cuda --dtype bfloat16 --json "$work/attention_h100.json"
-    fi
+    attention_bench
+    pack
+    ;;
+generation)
+    train generation generation-gpu.yaml
+    score generation
+    pack
+    ;;
+audio)
+    train audio audio-gpu.yaml num_workers=0
+    score audio
+    pack
+    ;;
+attention)
+    attention_bench
     pack
     ;;
 translation)
@@ -88,7 +117,7 @@ mlm)
     pack
     ;;
 *)
-    echo "unknown job $job: vision, short, translation or mlm" >&2
+    echo "unknown job $job: vision, short, generation, audio, attention, translation or mlm" >&2
     exit 2
     ;;
 esac
