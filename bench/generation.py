@@ -40,6 +40,7 @@ from collections.abc import Callable  # noqa: E402
 from datetime import date  # noqa: E402
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from bench.common import report  # noqa: E402
 from bench.nanogpt_style import BaselineConfig, BaselineGPT  # noqa: E402
@@ -135,6 +136,27 @@ def weight_reading_ceiling(model: GPT, repeats: int = 50) -> dict:
     }
 
 
+class _CountCalls(TorchDispatchMode):
+    """Counts the ATen operations that run inside it (views and copies included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_calls_per_token(decoder, prompt: torch.Tensor) -> int:
+    """How many tensor operations one cached token costs (each has a fixed cost of microseconds)."""
+    cache = decoder.new_cache()
+    decoder.step(prompt, cache)
+    with _CountCalls() as counter:
+        decoder.step(prompt[:, -1:], cache)
+    return counter.calls
+
+
 def nanogpt_race(tokens: int, rounds: int) -> dict:
     torch.manual_seed(0)
     full = GPT(GPTConfig(**NANOGPT, dropout=0.0)).eval()
@@ -163,6 +185,8 @@ def nanogpt_race(tokens: int, rounds: int) -> dict:
         for decoder in (FastDecoder(served), served, FastDecoder(full), full)
     ]
     ceilings = {name: weight_reading_ceiling(m) for name, m in (("float16_kept", served), ("float32", full))}
+    calls = {"fast_step": aten_calls_per_token(FastDecoder(served), prompt)}
+    calls["modules"] = aten_calls_per_token(served, prompt)
     return {
         "params_millions": round(base_model.n_params() / 1e6, 2),
         "contenders": result,
@@ -171,6 +195,7 @@ def nanogpt_race(tokens: int, rounds: int) -> dict:
         "float32_cached_vs_baseline": round(result[FLOAT32]["tokens_per_s"] / base, 2),
         "uncached_vs_baseline": round(result[UNCACHED]["tokens_per_s"] / base, 2),
         "all_cached_ways_same_200_tokens": all(w == written[0] for w in written),
+        "aten_calls_per_token": calls,
         "matrix_products_ceiling": {
             name: {**c, "vs_baseline": round(c["tokens_per_s"] / base, 2)} for name, c in ceilings.items()
         },
@@ -279,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"    step through the modules / baseline: {nanogpt['module_step_vs_baseline']:.2f}x")
     print(f"    float32 matrices / baseline: {nanogpt['float32_cached_vs_baseline']:.2f}x")
     print(f"    every cached way writes the same 200 tokens: {nanogpt['all_cached_ways_same_200_tokens']}")
+    calls = nanogpt["aten_calls_per_token"]
+    print(f"    tensor operations per cached token: fast step {calls['fast_step']}, modules {calls['modules']}")
     for name, c in nanogpt["matrix_products_ceiling"].items():
         print(
             f"    ceiling, {name}: the matrix products alone ({c['weights_mb']} MB) take {c['ms_per_token']} ms "

@@ -580,3 +580,17 @@ def test_ceiling_counts_the_bytes_each_kind_of_matrix_streams():
     assert ceiling["tokens_per_s"] == pytest.approx(1000 / ceiling["ms_per_token"], rel=0.02)
     halved = weight_reading_ceiling(keep_linears_in_float16(full), repeats=3)
     assert halved["weights_mb"] == 3.2  # the blocks' matrices in 2 bytes, the tied 11 x 256 head in 4
+
+
+def test_the_fast_step_makes_fewer_tensor_calls_per_token_than_the_modules():
+    from bench.generation import aten_calls_per_token
+
+    model = GPT(GPTConfig(vocab_size=11, context_len=8, n_layers=2, n_heads=2, d_model=16, d_ff=32)).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        fast, modules = aten_calls_per_token(FastDecoder(model), prompt), aten_calls_per_token(model, prompt)
+        one_layer_more = aten_calls_per_token(
+            GPT(GPTConfig(vocab_size=11, context_len=8, n_layers=3, n_heads=2, d_model=16, d_ff=32)).eval(), prompt
+        )
+    assert 0 < fast < modules
+    assert one_layer_more > modules  # it counts the work of every layer
