@@ -94,8 +94,8 @@ def classify_audio(audio) -> AudioResult:
     except ValueError as err:
         raise BadAudio(str(err)) from None
     with torch.inference_mode():
-        run = model.attention(waveform[None])
-    probs = run.logits.softmax(-1)[0]
+        run = model.attention(waveform[None])  # the maps: the clip as recorded
+        probs = model.probabilities([waveform])[0]  # the answer: also heard 10% slower and faster
     attention = run["self"]
     top = probs.topk(3)
     verdict = audio_verdict(waveform.numpy(), probs)  # noise, a tone or an unsure model: no clear digit
@@ -244,7 +244,8 @@ def build() -> None:
         f"tokens of {token_ms:.0f} ms, plus a CLS token whose final state is classified. Under the spectrogram: "
         "how much the CLS token attended to each moment. Recordings are mixed to mono, resampled, trimmed of "
         f"silence, cut to the loudest {c.clip_seconds:g} s and set to a fixed loudness first. Your voice is not "
-        "one of the six it learned from, so expect mistakes."
+        "one of the six it learned from, so expect mistakes; to meet a higher or lower voice halfway, the "
+        "answer averages what the model hears at the recorded speed, 10% slower and 10% faster."
     )
     with gr.Row():
         with gr.Column():

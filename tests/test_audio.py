@@ -11,7 +11,7 @@ import torch
 import torchaudio
 
 from demos.common import checkpoint_dir
-from models.audio import AudioConfig, AudioTransformer, log_mel, prepare_waveform
+from models.audio import LISTENING_SPEEDS, AudioConfig, AudioTransformer, log_mel, prepare_waveform, speed_changed
 from models.checkpoint import load_model, save_checkpoint
 
 RATE = 8000
@@ -119,6 +119,27 @@ def test_log_mel_shape():
 # ----------------------------------------------------------------------------------------------
 
 TINY = AudioConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64)
+
+
+def test_the_answer_averages_the_clip_heard_at_three_speeds():
+    torch.manual_seed(0)
+    model = AudioTransformer(TINY).eval()
+    rate = TINY.sample_rate
+    clips = [torch.sin(torch.arange(6000) * f) * 0.1 for f in (0.3, 0.7)]  # 0.75 s of a tone each
+    slower, faster = speed_changed(clips[0], 0.9, rate), speed_changed(clips[0], 1.1, rate)
+    assert abs(slower.numel() - 6000 / 0.9) <= 2 and abs(faster.numel() - 6000 / 1.1) <= 2
+    assert speed_changed(clips[0], 1.0, rate) is clips[0]
+    with torch.no_grad():
+
+        def alone(w):  # one clip, one pass: no batch, no padding
+            return model(w[None]).logits.softmax(-1)[0]
+
+        answers = model.probabilities(clips)
+        for clip, answer in zip(clips, answers, strict=True):
+            by_hand = torch.stack([alone(speed_changed(clip, s, rate)) for s in LISTENING_SPEEDS]).mean(0)
+            torch.testing.assert_close(answer, by_hand, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.probabilities(clips, speeds=(1.0,))[1], alone(clips[1]), rtol=0, atol=1e-5)
+    assert not torch.allclose(answers[0], alone(clips[0]), atol=1e-4)  # the other speeds do count
 
 
 def test_attention_shapes_and_padding_invariance():
@@ -351,7 +372,7 @@ def test_shipped_model_is_invariant_to_how_a_clip_was_recorded(shipped, shared_d
 
     clips = load_fsdd(shared_data)
     chosen = [i for i in split_indices(clips)["test"] if clips.take[i] == 0]
-    reference = predict(shipped, [clips.audio[i] for i in chosen], RATE)
+    reference = predict(shipped, [clips.audio[i] for i in chosen], RATE, speeds=(1.0,))  # one pass, as below
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] >= 0.2
     assert decided.sum() >= 50, "the shipped model is unsure of too many clean test clips"
