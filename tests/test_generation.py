@@ -153,12 +153,14 @@ def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     data_dir, out = write_data(tmp_path / "data"), tmp_path / "out"
     tiny = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
     cmd = [sys.executable, "-m", "training.train", "generation", "--data-dir", str(data_dir), "--out", str(out)]
-    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--set", "max_steps=3", "val_every=3"]
+    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--set", "max_steps=5", "val_every=3"]
     cmd += ["val_windows=8", "batch_size=4", *tiny]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["steps"] == 3 and math.isfinite(summary["last_validation"]["val/loss"])
+    assert summary["steps"] == 5 and math.isfinite(summary["last_validation"]["val/loss"])
+    log = (tmp_path / "runs" / "generation" / "validation.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in log] == [3, 5]  # training ended between validations: one more
     model = load_model(out)
     assert isinstance(model, GPT) and model.context_len == 16
     assert load_tokenizer(out).chars == sorted(set(TEXT))

@@ -315,16 +315,21 @@ def process_start_time() -> float:
 
 class WallClockLog(L.Callback):
     """After each validation, append {step, wall_s, metrics...} to a JSON-lines log, and remember
-    the first wall time at which `target_metric` reached `target_value` (lower is better)."""
+    the first wall time at which `target_metric` reached `target_value` (lower is better).
+    `validated_step` is the step of the last validation, on every process."""
 
     def __init__(self, path: Path, target_metric: str | None = None, target_value: float | None = None):
         self.path, self.target_metric, self.target_value = Path(path), target_metric, target_value
         self.start = process_start_time()
         self.reached_at: float | None = None
         self.history: list[dict] = []
+        self.validated_step: int | None = None
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
+            return
+        self.validated_step = trainer.global_step
+        if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         row = {"step": trainer.global_step, "wall_s": round(time.time() - self.start, 2), **metrics}

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     fit_start = time.time()
     trainer.fit(module, datamodule=data)
+    if clock.validated_step != trainer.global_step:  # a timed run can stop between validations:
+        trainer.validate(module, datamodule=data, verbose=False)  # the log's last row is the model shipped
     summary = {
         "task": args.task,
         "config": str(config_path),
