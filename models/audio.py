@@ -7,9 +7,9 @@ The spectrogram front end lives inside the model, so a checkpoint is all the app
 recordings differ from the training clips, so `prepare_waveform` brings any recording to what the
 model was trained on: mono, float, 8 kHz, silence trimmed, at most `clip_seconds`, fixed loudness.
 Training runs its augmented clips through the same function, so both sides see the same thing.
-A voice higher or lower than the six training speakers' is the commonest mismatch, so the model
-answers with its probabilities averaged over the clip played at three speeds (`probabilities`),
-the same speed change training draws at random.
+A new voice is often higher or lower than any of the six training speakers', so the model answers
+with its probabilities averaged over the clip played at three speeds (`probabilities`), the same
+speed change training draws at random.
 """
 
 from __future__ import annotations
