@@ -28,7 +28,7 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from models.audio import LISTENING_SPEEDS, AudioConfig, AudioTransformer, pad_batch, prepare_waveform
+from models.audio import LISTENING_SPEEDS, AudioConfig, AudioTransformer, pad_batch, prepare_waveform, speed_changed
 from models.checkpoint import load_model
 from training.common import TimedModule, TrainingConfig, compiled, download, download_cache
 
@@ -162,9 +162,8 @@ def augment_waveform(x: Tensor, sample_rate: int, c: Config) -> Tensor:
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand(()))
 
-    if chance(c.p_speed):  # speed perturbation (Ko et al. 2015): resample, play at the old rate
-        new_rate = int(round(sample_rate / uniform(1 - c.speed, 1 + c.speed) / 100)) * 100
-        x = torchaudio.functional.resample(x, sample_rate, new_rate)
+    if chance(c.p_speed):  # speed perturbation: the voice a little higher and faster, or lower and slower
+        x = speed_changed(x, uniform(1 - c.speed, 1 + c.speed), sample_rate)
     if chance(c.p_reverb):  # a synthetic room: exponentially decaying noise after the direct sound
         rt60 = uniform(*c.rt60)
         t = torch.arange(int(rt60 * sample_rate)) / sample_rate
