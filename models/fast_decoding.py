@@ -2,9 +2,9 @@
 
 Decoding with a KV cache sends one token at a time through the model. Each step multiplies one
 row by every weight matrix, so its cost is the weights it reads plus a fixed cost per operation.
-`GPT.step` goes through the modules (about 120 calls per token at nanoGPT's size), and their
-calls cost about an eighth of the step (bench/generation.py races both ways). `FastDecoder` runs
-the same step as a flat list of tensor operations:
+`GPT.step` goes through the modules (about 120 module calls per token at nanoGPT's size), and
+their calls cost a good part of the step (bench/generation.py races both ways: the README gives
+the figures). `FastDecoder` runs the same step as a flat list of tensor operations:
 
 - the same operations in the same order on the same numbers as `GPT.step`: its logits are
   `GPT.step`'s bit for bit (tests/test_generation.py compares every one, past the context too);
@@ -43,11 +43,10 @@ class FastDecoder:
         self.model = model
         self.context_len, self.rolling_cache = model.context_len, model.rolling_cache
         self.receptive_field = model.receptive_field
-        embedding = model.embed.weight
         ropes = {id(layer.self_attn.rope) for layer in model.layers}
         # written out below: pre-norm float32 GPTs whose layers share one RoPE table (or none);
         # anything else keeps the modules
-        self.fast = model.config.norm_first and embedding.dtype == torch.float32 and len(ropes) == 1
+        self.fast = model.config.norm_first and model.embed.weight.dtype == torch.float32 and len(ropes) == 1
         if self.fast:
             self._look_up(model)
 
