@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
 from demos import pretrained_vit
@@ -351,6 +352,19 @@ def test_training_steps_lower_the_loss():
     # seeds 0-5 lowered it by 0.46-0.67 in these 40 steps (Mixup makes the targets soft)
     assert clean_loss() < before - 0.3
     assert module.eval_model is module.ema.module
+
+    # validation scores the EMA and, beside it, the trained weights themselves
+    logged = {}
+    module.log_validation = lambda n, **metrics: logged.update(metrics)
+    module.eval()
+    with torch.no_grad():
+        module.validation_step((images, labels), 0)
+        x = module.model.normalize(images.float() / 255)
+        for suffix, model in (("", module.ema.module), ("_raw", module.model)):
+            logits = model(x).logits
+            assert logged[f"loss{suffix}"].item() == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
+            assert logged[f"accuracy{suffix}"].item() == (logits.argmax(-1) == labels).float().mean().item()
+    assert logged["loss"].item() != pytest.approx(logged["loss_raw"].item())
     assert not torch.equal(module.ema.module.vit.head.weight, module.model.vit.head.weight)
 
 

@@ -229,10 +229,18 @@ class VisionModule(TimedModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self.eval_model(self.model.normalize(images.float() / 255.0)).logits.float()
+        x = self.model.normalize(images.float() / 255.0)
+        logits = self.eval_model(x).logits.float()
         accuracy = (logits.argmax(-1) == labels).float().mean()
-        loss = F.cross_entropy(logits, labels)
-        self.log_validation(labels.size(0), loss=loss, accuracy=accuracy, error=1.0 - accuracy)
+        metrics = dict(loss=F.cross_entropy(logits, labels), accuracy=accuracy, error=1.0 - accuracy)
+        if self.ema is not None:
+            # the trained weights themselves beside their average: did averaging help? `forward`
+            # directly, so a model compiled in place runs eager here (no recompile for eval mode)
+            raw = self.model.vit.forward(x).float()
+            metrics |= dict(
+                loss_raw=F.cross_entropy(raw, labels), accuracy_raw=(raw.argmax(-1) == labels).float().mean()
+            )
+        self.log_validation(labels.size(0), **metrics)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
