@@ -50,15 +50,22 @@ def draw_examples(folder: Path, size: int = 128) -> list[Path]:
     d.rectangle(p(60, 32, 68, 44), fill=(180, 50, 40))  # funnel
     pictures["ship_at_sea.png"] = ship
 
-    car = Image.new("RGB", (size, size), (170, 200, 160))
+    # a car filling the frame in front of a pale wall, tinted windows (on a green field with pale
+    # windows, a side view read as an airplane)
+    car = Image.new("RGB", (size, size), (210, 210, 215))
     d = ImageDraw.Draw(car)
-    d.rectangle(p(0, 84, 128, 128), fill=(90, 90, 95))  # road
-    d.rounded_rectangle(p(14, 58, 114, 88), radius=8 * s, fill=(200, 30, 35))  # body
-    d.polygon(p(36, 58, 46, 40, 82, 40, 94, 58), fill=(200, 30, 35))  # cabin
-    d.polygon(p(42, 58, 50, 44, 64, 44, 64, 58), fill=(170, 210, 230))  # windows
-    d.polygon(p(68, 58, 68, 44, 80, 44, 88, 58), fill=(170, 210, 230))
+
+    def c(*xy: float) -> list[tuple[float, float]]:  # the car drawn 1.1 times larger around (64, 70)
+        return p(*[(v - 64) * 1.1 + 64 if i % 2 == 0 else (v - 70) * 1.1 + 70 for i, v in enumerate(xy)])
+
+    d.rectangle(p(0, 85, 128, 128), fill=(90, 90, 95))  # road
+    d.rounded_rectangle(c(14, 58, 114, 88), radius=9 * s, fill=(200, 30, 35))  # body
+    d.polygon(c(36, 58, 46, 40, 82, 40, 94, 58), fill=(200, 30, 35))  # cabin
+    d.polygon(c(42, 58, 50, 44, 64, 44, 64, 58), fill=(40, 50, 60))  # windows
+    d.polygon(c(68, 58, 68, 44, 80, 44, 88, 58), fill=(40, 50, 60))
+    d.ellipse(c(16, 64, 24, 72), fill=(250, 240, 180))  # headlight
     for x in (34, 94):
-        d.ellipse(p(x - 11, 77, x + 11, 99), fill=(20, 20, 20))
+        d.ellipse(c(x - 11, 77, x + 11, 99), fill=(20, 20, 20))
     pictures["red_car.png"] = car
 
     # a frog seen from close by, filling the frame on leaf litter, as CIFAR's frogs are (a small
