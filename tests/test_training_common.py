@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import training.common as common
 from models.schedules import warmup_cosine
@@ -82,6 +85,15 @@ def test_load_config_applies_overrides(tmp_path):
     assert (cfg.lr, cfg.max_steps, cfg.model) == (0.01, 7, {"d_model": 64, "n_layers": 3})
     with pytest.raises(ValueError, match="unknown config keys"):
         common.load_config(common.TrainingConfig, path, ["nonsense=1"])
+
+
+def test_load_config_refuses_a_key_written_twice(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: a note that lost its comment sign\nlr: 0.01\nmodel:\n  d_model: 64\n")
+    with pytest.raises(yaml.YAMLError, match="key written twice: model"):
+        common.load_config(common.TrainingConfig, path)
+    for config in (Path(__file__).parent.parent / "training" / "configs").glob("*.yaml"):
+        assert isinstance(yaml.load(config.read_text(), Loader=common._UniqueKeyLoader), dict), config.name
 
 
 def test_compiled_only_when_asked_and_the_state_dict_keys_stay_clean():

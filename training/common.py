@@ -53,9 +53,23 @@ class TrainingConfig:
     muon_momentum: float = 0.95
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice in one mapping is an error: plain YAML
+    keeps the last one silently, so a stray `model:` line would drop half a recipe."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key written twice: {', '.join(repeated)}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(config_cls: type, path: str | Path | None, overrides: list[str] = ()):
     """YAML file + `key=value` overrides (values parsed as YAML) -> config dataclass."""
-    values = yaml.safe_load(Path(path).read_text()) if path else {}
+    values = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) if path else {}
     for item in overrides:
         key, _, raw = item.partition("=")
         target = values
