@@ -21,7 +21,7 @@ from models.tokenizers import load_tokenizer
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
 from models.translation import EOS_ID, LANGUAGES, PAD_ID, UNK_ID, encode_source, language_id, train_tokenizer
 from training import translation as tr
-from training.common import export
+from training.common import export, start_from_checkpoint
 
 # A made-up parallel corpus: word-for-word captions in the three languages, with the characters
 # (umlauts, accents, apostrophes, punctuation) that the real data has.
@@ -221,6 +221,28 @@ def test_the_weight_ema_is_validated_and_shipped_but_not_trained(corpus, tmp_pat
     assert torch.equal(shipped.embed.weight, ema.embed.weight.half().float())
 
 
+def test_init_from_starts_from_the_checkpoints_weights_and_its_ema_too(corpus, tiny_checkpoint):
+    shipped = load_model(tiny_checkpoint)
+    torch.manual_seed(1)  # other random weights than the checkpoint's
+    module, _ = tr.build(tiny_config(ema_decay=0.9), corpus)
+    assert not torch.equal(module.model.embed.weight, shipped.embed.weight)
+    start_from_checkpoint(module, tiny_checkpoint)
+    for name, tensor in shipped.state_dict().items():
+        assert torch.equal(module.model.state_dict()[name], tensor), name
+        assert torch.equal(module.ema.module.state_dict()[name], tensor), name
+
+
+def test_init_from_refuses_another_model_or_another_tokenizer(corpus, tiny_checkpoint):
+    module, _ = tr.build(tiny_config(model={**TINY_MODEL, "d_ff": 48}), corpus)
+    with pytest.raises(ValueError, match="another model"):
+        start_from_checkpoint(module, tiny_checkpoint)
+    module, _ = tr.build(tiny_config(), corpus)
+    other_texts = [f"{a} {b} {c}" for a, b, c in itertools.product(["xy", "zw", "qu"], ["ab", "cd"], ["ef", "gh"])]
+    module.tokenizer = train_tokenizer(other_texts * 20, 150, "bpe")  # token ids that mean other words
+    with pytest.raises(ValueError, match="another tokenizer"):
+        start_from_checkpoint(module, tiny_checkpoint)
+
+
 # --- decoding ------------------------------------------------------------------------------------
 
 
@@ -377,6 +399,14 @@ def test_train_and_evaluate_cli_end_to_end(corpus, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
     metrics = evaluate.main(["translation", "--checkpoint", str(out), "--data-dir", str(corpus), "--limit", "4"])
     assert set(metrics["bleu"]) == set(tr.DIRECTIONS)
+    # a second run from that checkpoint (init_from), at learning rate 0, starts where the first ended
+    more = [*overrides[:-3], "max_steps=20", "val_every=20", f"init_from={out}", "lr=0"]
+    train.main(
+        ["translation", "--data-dir", str(corpus), "--out", str(tmp_path / "more"), "--log-dir", str(tmp_path)]
+        + ["--set", *more]
+    )
+    resumed = json.loads((tmp_path / "translation" / "validation.jsonl").read_text().splitlines()[-1])
+    assert resumed["step"] == 20 and resumed["val/loss"] == pytest.approx(history[1]["val/loss"], abs=0.01)
 
 
 def test_shipped_checkpoint_is_small_and_translates():

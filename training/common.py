@@ -11,7 +11,7 @@ import os
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,9 +20,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_model, save_checkpoint
 from models.schedules import warmup_cosine
-from models.tokenizers import save_tokenizer
+from models.tokenizers import CharTokenizer, load_tokenizer, save_tokenizer
 from training.muon import MuonWithAdamW, hidden_matrices
 
 TASKS = ("generation", "translation", "vision", "audio", "mlm")
@@ -51,6 +51,9 @@ class TrainingConfig:
     optimizer: str = "adamw"  # "muon": Muon for hidden weight matrices, AdamW (lr) for the rest
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    # a checkpoint folder to start from instead of random weights (a longer run of a shipped model,
+    # or fine-tuning); same model config and tokenizer, while the optimizer and schedule start afresh
+    init_from: str | None = None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -313,6 +316,26 @@ def export(module: TimedModule, folder: str | Path, meta: dict) -> Path:
     if tokenizer is not None:
         save_tokenizer(tokenizer, folder)
     return folder
+
+
+def start_from_checkpoint(module: TimedModule, folder: str | Path) -> None:
+    """Load a checkpoint folder's weights into `module.model` (and its EMA copy), refusing a
+    checkpoint of another shape or with another tokenizer: its token ids would mean other words."""
+    folder = Path(folder)
+    trained = load_model(folder)
+    model = module.model
+    if trained.architecture != model.architecture or asdict(trained.config) != asdict(model.config):
+        raise ValueError(f"init_from: {folder} holds another model than this config builds")
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is not None and _tokenizer_text(load_tokenizer(folder)) != _tokenizer_text(tokenizer):
+        raise ValueError(f"init_from: {folder} has another tokenizer than this config builds")
+    model.load_state_dict(trained.state_dict())
+    if module.ema is not None:
+        module.ema.module.load_state_dict(model.state_dict())
+
+
+def _tokenizer_text(tokenizer) -> str:
+    return json.dumps(tokenizer.chars) if isinstance(tokenizer, CharTokenizer) else tokenizer.to_str()
 
 
 def process_start_time() -> float:

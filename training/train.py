@@ -17,7 +17,15 @@ import time
 from datetime import date
 from pathlib import Path
 
-from training.common import TASKS, WallClockLog, export, load_config, process_start_time, resolve_data_dir
+from training.common import (
+    TASKS,
+    WallClockLog,
+    export,
+    load_config,
+    process_start_time,
+    resolve_data_dir,
+    start_from_checkpoint,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(task.Config, config_path, args.set)
     L.seed_everything(config.seed, workers=True)
     module, data = task.build(config, resolve_data_dir(args.data_dir))
+    if config.init_from:
+        start_from_checkpoint(module, config.init_from)
 
     run_dir = Path(args.log_dir) / args.task
     target_metric, target_value = getattr(task, "TARGET", (None, None))
