@@ -226,6 +226,27 @@ def test_train_export_and_evaluate_end_to_end(tmp_path):
     assert again == metrics  # the masking is seeded
 
 
+def test_a_run_from_a_checkpoint_keeps_its_vocabulary_and_weights(tmp_path):
+    """init_from: the checkpoint's own WordPiece ids, not a newly trained vocabulary's (whose ids
+    differ from run to run), and its weights."""
+    from models.tokenizers import load_tokenizer
+    from training import mlm
+    from training.common import export, start_from_checkpoint
+
+    write_captions(tmp_path / "multi30k")
+    size = dict(max_len=16, n_layers=2, n_heads=2, d_model=32, d_ff=64, dropout=0.0)
+    torch.manual_seed(0)
+    first, _ = mlm.build(mlm.Config(model=dict(size), vocab_size=80), tmp_path)
+    first.tokenizer = train_wordpiece(["a cat sat on the mat", "two dogs ran in the snow"] * 50, 40)
+    first.model = Bert(BertConfig(vocab_size=first.tokenizer.get_vocab_size(), **size))  # fits that vocabulary
+    checkpoint = export(first, tmp_path / "first", meta={})
+
+    module, data = mlm.build(mlm.Config(model=dict(size), vocab_size=80, init_from=str(checkpoint)), tmp_path)
+    start_from_checkpoint(module, checkpoint)
+    assert module.tokenizer.to_str() == data.tokenizer.to_str() == load_tokenizer(checkpoint).to_str()
+    assert torch.equal(module.model.embed.weight, load_model(checkpoint).embed.weight)
+
+
 # ----------------------------------------------------------------------------------------------
 # The Fill-Mask tab (the shipped checkpoint)
 # ----------------------------------------------------------------------------------------------

@@ -120,10 +120,13 @@ class MLMModule(TimedModule):
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[MLMModule, CaptionData]:
-    """WordPiece on the training captions of the chosen languages, then the model."""
+    """WordPiece on the training captions of the chosen languages (or `init_from`'s), then the model."""
     folder = multi30k_dir(data_dir)
-    texts = [line for lang in config.languages for line in read_split(folder, "train", lang)]
-    tokenizer = train_wordpiece(texts, config.vocab_size)
+    if config.init_from:  # a run that starts from a checkpoint keeps its vocabulary: WordPiece
+        tokenizer = load_tokenizer(config.init_from)  # training does not give a token the same id twice
+    else:
+        texts = [line for lang in config.languages for line in read_split(folder, "train", lang)]
+        tokenizer = train_wordpiece(texts, config.vocab_size)
     config.model = {**config.model, "vocab_size": tokenizer.get_vocab_size(), "pad_id": PAD_ID}
     return MLMModule(config, tokenizer), CaptionData(config, folder, tokenizer)
 

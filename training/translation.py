@@ -215,10 +215,14 @@ class TranslationModule(TimedModule):
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[TranslationModule, Multi30kData]:
-    """Train the shared vocabulary on the training split of all three languages, then the model."""
+    """Train the shared vocabulary on the training split of all three languages (or take `init_from`'s),
+    then the model."""
     folder = multi30k_dir(data_dir)
-    texts = [line for lang in LANGUAGES for line in read_split(folder, "train", lang)]
-    tokenizer = train_tokenizer(texts, config.vocab_size, config.tokenizer)
+    if config.init_from:  # a run that starts from a checkpoint keeps its vocabulary and token ids
+        tokenizer = load_tokenizer(config.init_from)
+    else:
+        texts = [line for lang in LANGUAGES for line in read_split(folder, "train", lang)]
+        tokenizer = train_tokenizer(texts, config.vocab_size, config.tokenizer)
     config.model = {**config.model, "vocab_size": tokenizer.get_vocab_size(), "pad_id": PAD_ID, "eos_id": EOS_ID}
     return TranslationModule(config, tokenizer), Multi30kData(config, folder, tokenizer)
 
