@@ -87,7 +87,10 @@ _lock = threading.Lock()
 _loaded: dict[str, tuple] = {}  # checkpoint folder -> (model, tokenizer)
 
 
+@torch.inference_mode(False)
 def _load(folder: str, float16_matrices: bool):
+    """Loaded in normal mode whatever the first caller's: every later caller shares the model, and
+    tensors made under inference_mode could not take part in autograd."""
     model = load_model(folder)
     if float16_matrices:
         keep_linears_in_float16(model)

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -413,6 +414,19 @@ def test_a_damaged_checkpoint_is_found_without_loading_it(tmp_path, monkeypatch,
     assert "switched off" in common.missing_message(task) and message in common.missing_message(task)
     with pytest.raises(common.MissingCheckpoint, match="switched off"):
         common.get_model(task)
+
+
+def test_a_model_first_asked_for_inside_inference_mode_still_works_with_autograd(tmp_path, monkeypatch):
+    """Models load once per process for every caller; the first may be a tab inside inference_mode,
+    and a later one (the Forward Pass trace, a test) may run the model with gradients on."""
+    needs_checkpoints()
+    shutil.copytree(ROOT / "checkpoints" / "generation", tmp_path / "generation")  # a folder not loaded yet
+    monkeypatch.setenv("PLAYGROUND_CHECKPOINTS", str(tmp_path))
+    with torch.inference_mode():
+        model, tokenizer = common.get_model("generation")
+    assert not any(t.is_inference() for t in [*model.parameters(), *model.buffers()])
+    logits = model(torch.tensor([tokenizer.encode("ROMEO:")])).logits  # raised once tensors were inference ones
+    assert logits.requires_grad
 
 
 # each app start damages some models and leaves the others intact
