@@ -50,8 +50,9 @@ def draw_examples(folder: Path, size: int = 128) -> list[Path]:
     d.rectangle(p(60, 32, 68, 44), fill=(180, 50, 40))  # funnel
     pictures["ship_at_sea.png"] = ship
 
-    # a car filling the frame in front of a pale wall, tinted windows (on a green field with pale
-    # windows, a side view read as an airplane)
+    # a car filling the frame in front of a pale wall, tinted windows, a shaded lower body and
+    # hubcaps (on a green field with pale windows, a side view read as an airplane; flat red with
+    # black wheels, as a ship)
     car = Image.new("RGB", (size, size), (210, 210, 215))
     d = ImageDraw.Draw(car)
 
@@ -61,15 +62,19 @@ def draw_examples(folder: Path, size: int = 128) -> list[Path]:
     d.rectangle(p(0, 85, 128, 128), fill=(90, 90, 95))  # road
     d.rounded_rectangle(c(14, 58, 114, 88), radius=9 * s, fill=(200, 30, 35))  # body
     d.polygon(c(36, 58, 46, 40, 82, 40, 94, 58), fill=(200, 30, 35))  # cabin
+    d.rounded_rectangle(c(14, 76, 114, 88), radius=6 * s, fill=(140, 21, 24))  # shade below the waist
+    d.line(c(16, 66, 112, 66), fill=(255, 69, 75), width=max(1, int(2 * s)))  # highlight along the side
     d.polygon(c(42, 58, 50, 44, 64, 44, 64, 58), fill=(40, 50, 60))  # windows
     d.polygon(c(68, 58, 68, 44, 80, 44, 88, 58), fill=(40, 50, 60))
     d.ellipse(c(16, 64, 24, 72), fill=(250, 240, 180))  # headlight
     for x in (34, 94):
         d.ellipse(c(x - 11, 77, x + 11, 99), fill=(20, 20, 20))
+        d.ellipse(c(x - 5, 83, x + 5, 93), fill=(170, 170, 175))  # hubcap
     pictures["red_car.png"] = car
 
-    # a frog seen from close by, filling the frame on leaf litter, as CIFAR's frogs are (a small
-    # bright-green one on bare ground was called a bird)
+    # a frog seen from close by, filling the frame on leaf litter, olive-brown, as CIFAR's frogs
+    # are (a small bright-green one on bare ground was called a bird; a large grass-green one was
+    # named right but its features sat far from the training photos', so the tab said to take care)
     ground = (110, 85, 55)
     frog = Image.new("RGB", (size, size), ground)
     d = ImageDraw.Draw(frog)
@@ -79,7 +84,7 @@ def draw_examples(folder: Path, size: int = 128) -> list[Path]:
         r = int(rng.integers(3, 9))
         leaf = tuple(int(v) for v in np.add(ground, rng.integers(-30, 30, 3)))
         d.ellipse(p(x - r, y - r / 2, x + r, y + r / 2), fill=leaf)
-    skin, dark = (120, 140, 60), (60, 90, 35)
+    skin, dark = (130, 120, 60), (70, 60, 30)
     d.ellipse(p(14, 40, 114, 112), fill=skin)  # body
     d.ellipse(p(4, 84, 44, 118), fill=dark)  # hind legs
     d.ellipse(p(84, 84, 124, 118), fill=dark)

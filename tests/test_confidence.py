@@ -75,9 +75,10 @@ def test_vit_features_give_the_models_own_logits():
     model = VisionClassifier(ViTConfig(embed_dim=32, depth=2, num_heads=2)).eval()
     x = torch.randn(3, 3, 32, 32)
     features, logits = conf.vit_features(model, x)
-    assert features.shape == (3, 64)
+    assert features.shape == (3, 3 * 32)  # the patch tokens' mean after each of 2 blocks, then the CLS state
     with torch.no_grad():
         assert torch.allclose(logits, model(x).logits, atol=1e-5)
+        assert torch.allclose(model.vit.head(features[:, -32:]), logits, atol=1e-5)
 
 
 def test_one_pass_gives_the_maps_and_the_verdict_that_two_passes_give(tmp_path):
@@ -178,7 +179,9 @@ def test_drawn_examples_are_classified_as_what_they_show(tmp_path):
     paths = draw_examples(tmp_path)
     assert sorted(p.name for p in paths) == sorted(shows)
     for path in paths:
-        assert next(iter(classify_image(str(path)).top5)) == shows[path.name], path.name
+        result = classify_image(str(path))
+        assert next(iter(result.top5)) == shows[path.name], path.name
+        assert result.verdict.known, f"{path.name}: the tab's own example is called unlike the photos it knows"
 
 
 # ----------------------------------------------------------------------------------------------
