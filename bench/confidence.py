@@ -212,7 +212,8 @@ def vision(args: argparse.Namespace) -> dict:
     side = model.config.img_size
     detection = {}
     for kind in NOT_CIFAR:
-        pictures = np.stack([np.asarray(center_square(p, side)) for p in not_cifar_pictures(kind, args.per_kind)])
+        drawn = not_cifar_pictures(kind, args.per_kind, seed=args.seed)
+        pictures = np.stack([np.asarray(center_square(p, side)) for p in drawn])
         detection[kind] = round(float(np.mean([not v.known for v in _verdicts(model, pictures, stats)[0]])), 3)
     return {
         "test_images": len(verdicts),
@@ -223,6 +224,7 @@ def vision(args: argparse.Namespace) -> dict:
         "detection_rate": round(float(np.mean(list(detection.values()))), 4),
         "detection_per_kind": detection,
         "pictures_per_kind": args.per_kind,
+        "pictures_seed": args.seed,
         "feature_statistics": stats is not None,
     }
 
@@ -413,6 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fit", action="store_true", help="vision: fit and save the feature statistics first")
     p.add_argument("--limit", type=int, help="at most this many test inputs (per direction for translation)")
     p.add_argument("--per-kind", type=int, default=200, help="vision: drawn pictures per kind")
+    p.add_argument("--seed", type=int, default=0, help="vision: which drawn pictures (another seed, other pictures)")
     p.add_argument("--beam", type=int, default=4, help="translation: beam size")
     p.add_argument("--skip", type=int, default=0, help="translation: skip the first N test captions")
     p.add_argument("--threads", type=int, default=1)
