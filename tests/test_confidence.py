@@ -81,6 +81,21 @@ def test_vit_features_give_the_models_own_logits():
         assert torch.allclose(model.vit.head(features[:, -32:]), logits, atol=1e-5)
 
 
+def test_vit_features_of_a_deep_model_group_its_blocks():
+    from models.vision import VisionClassifier, ViTConfig
+
+    model = VisionClassifier(ViTConfig(d_model=16, n_layers=8, n_heads=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    means = []  # each block's patch-token mean, read by hooks on the blocks themselves
+    hooks = [b.register_forward_hook(lambda m, i, out: means.append(out[:, 1:].mean(1))) for b in model.vit.blocks]
+    features, _ = conf.vit_features(model, x)
+    for hook in hooks:
+        hook.remove()
+    assert features.shape == (2, (conf.FEATURE_GROUPS + 1) * 16)
+    pairs = [(means[2 * g] + means[2 * g + 1]) / 2 for g in range(4)]  # 8 blocks in 4 groups of 2
+    assert torch.allclose(features[:, :64], torch.cat(pairs, 1), atol=1e-6)
+
+
 def test_one_pass_gives_the_maps_and_the_verdict_that_two_passes_give(tmp_path):
     from models.checkpoint import save_checkpoint
     from models.vision import VisionClassifier, ViTConfig, image_tensor
