@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,28 @@ def test_load_config_refuses_a_key_written_twice(tmp_path):
         common.load_config(common.TrainingConfig, path)
     for config in (Path(__file__).parent.parent / "training" / "configs").glob("*.yaml"):
         assert isinstance(yaml.load(config.read_text(), Loader=common._UniqueKeyLoader), dict), config.name
+
+
+def test_a_config_extends_another_and_changes_only_what_it_writes(tmp_path):
+    (tmp_path / "base.yaml").write_text("lr: 0.01\nmax_steps: 9\nmodel:\n  d_model: 64\n  n_layers: 2\n")
+    (tmp_path / "more.yaml").write_text("extends: base.yaml\nlr: 0.005\nmodel:\n  n_layers: 4\n")
+    (tmp_path / "most.yaml").write_text("extends: more.yaml\nmax_steps: 3\n")
+    cfg = common.load_config(common.TrainingConfig, tmp_path / "most.yaml", ["model.d_model=32"])
+    assert (cfg.lr, cfg.max_steps, cfg.model) == (0.005, 3, {"d_model": 32, "n_layers": 4})
+    (tmp_path / "base.yaml").write_text("extends: most.yaml\n")
+    with pytest.raises(ValueError, match="config extends itself: most.yaml -> more.yaml -> base.yaml -> most.yaml"):
+        common.load_config(common.TrainingConfig, tmp_path / "most.yaml")
+
+
+def test_every_shipped_config_loads_into_its_tasks_config():
+    """A misspelt key in any recipe (not only the ones other tests run) fails here, not an hour into a run."""
+    configs = sorted((Path(__file__).parent.parent / "training" / "configs").glob("*.yaml"))
+    assert len(configs) > 10
+    for path in configs:
+        task = path.name.split("-")[0]
+        assert task in common.TASKS, path.name
+        config = common.load_config(importlib.import_module(f"training.{task}").Config, path)
+        assert config.model, path.name
 
 
 def test_compiled_only_when_asked_and_the_state_dict_keys_stay_clean():

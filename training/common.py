@@ -70,9 +70,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """One YAML config's values. `extends: other.yaml` (a file beside it) starts from that file's
+    values and replaces the keys this one writes (a nested mapping such as `model` key by key), so
+    a run that changes two settings of a recipe writes only those two."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"config extends itself: {' -> '.join(p.name for p in (*_seen, path))}")
+    values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    base = values.pop("extends", None)
+    return _merged(read_config(path.parent / base, (*_seen, path)), values) if base else values
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both_mappings else value
+    return merged
+
+
 def load_config(config_cls: type, path: str | Path | None, overrides: list[str] = ()):
-    """YAML file + `key=value` overrides (values parsed as YAML) -> config dataclass."""
-    values = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) if path else {}
+    """YAML file (with what it extends) + `key=value` overrides (values parsed as YAML) -> config dataclass."""
+    values = read_config(path) if path else {}
     for item in overrides:
         key, _, raw = item.partition("=")
         target = values
