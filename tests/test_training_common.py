@@ -101,8 +101,8 @@ def test_a_config_extends_another_and_changes_only_what_it_writes(tmp_path):
     (tmp_path / "base.yaml").write_text("lr: 0.01\nmax_steps: 9\nmodel:\n  d_model: 64\n  n_layers: 2\n")
     (tmp_path / "more.yaml").write_text("extends: base.yaml\nlr: 0.005\nmodel:\n  n_layers: 4\n")
     (tmp_path / "most.yaml").write_text("extends: more.yaml\nmax_steps: 3\n")
-    cfg = common.load_config(common.TrainingConfig, tmp_path / "most.yaml", ["model.d_model=32"])
-    assert (cfg.lr, cfg.max_steps, cfg.model) == (0.005, 3, {"d_model": 32, "n_layers": 4})
+    cfg = common.load_config(common.TrainingConfig, tmp_path / "most.yaml", ["model.n_heads=2"])
+    assert (cfg.lr, cfg.max_steps, cfg.model) == (0.005, 3, {"d_model": 64, "n_layers": 4, "n_heads": 2})
     (tmp_path / "base.yaml").write_text("extends: most.yaml\n")
     with pytest.raises(ValueError, match="config extends itself: most.yaml -> more.yaml -> base.yaml -> most.yaml"):
         common.load_config(common.TrainingConfig, tmp_path / "most.yaml")
