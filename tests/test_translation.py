@@ -232,10 +232,15 @@ def test_init_from_starts_from_the_checkpoints_weights_and_its_ema_too(corpus, t
         assert torch.equal(module.ema.module.state_dict()[name], tensor), name
 
 
-def test_init_from_refuses_another_model_or_another_tokenizer(corpus, tiny_checkpoint):
+def test_init_from_refuses_another_model_or_another_tokenizer_but_not_another_dropout(corpus, tiny_checkpoint):
     module, _ = tr.build(tiny_config(model={**TINY_MODEL, "d_ff": 48}), corpus)
     with pytest.raises(ValueError, match="another model"):
         start_from_checkpoint(module, tiny_checkpoint)
+    # dropout acts in training only: a run may continue these weights with more of it
+    module, _ = tr.build(tiny_config(model={**TINY_MODEL, "dropout": 0.3}), corpus)
+    start_from_checkpoint(module, tiny_checkpoint)
+    assert module.model.config.dropout == 0.3
+    assert torch.equal(module.model.embed.weight, load_model(tiny_checkpoint).embed.weight)
     module, _ = tr.build(tiny_config(), corpus)
     other_texts = [f"{a} {b} {c}" for a, b, c in itertools.product(["xy", "zw", "qu"], ["ab", "cd"], ["ef", "gh"])]
     module.tokenizer = train_tokenizer(other_texts * 20, 150, "bpe")  # token ids that mean other words

@@ -338,13 +338,23 @@ def export(module: TimedModule, folder: str | Path, meta: dict) -> Path:
     return folder
 
 
+# model-config fields that change training only: the weights of one setting serve every other
+TRAINING_ONLY = frozenset({"dropout", "drop_path"})
+
+
 def start_from_checkpoint(module: TimedModule, folder: str | Path) -> None:
     """Load a checkpoint folder's weights into `module.model` (and its EMA copy), refusing a
-    checkpoint of another shape or with another tokenizer: its token ids would mean other words."""
+    checkpoint of another shape or with another tokenizer: its token ids would mean other words.
+    Only the regularisers that act in training alone (`TRAINING_ONLY`: dropout, stochastic depth)
+    may differ, so a run can continue a model that has begun to memorise with more dropout."""
     folder = Path(folder)
     trained = load_model(folder)
     model = module.model
-    if trained.architecture != model.architecture or asdict(trained.config) != asdict(model.config):
+
+    def shape(config) -> dict:
+        return {k: v for k, v in asdict(config).items() if k not in TRAINING_ONLY}
+
+    if trained.architecture != model.architecture or shape(trained.config) != shape(model.config):
         raise ValueError(f"init_from: {folder} holds another model than this config builds")
     tokenizer = getattr(module, "tokenizer", None)
     if tokenizer is not None and _tokenizer_text(load_tokenizer(folder)) != _tokenizer_text(tokenizer):
