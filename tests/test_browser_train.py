@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from demos.train_live import MAX_SECONDS
 from tests.app_server import AppServer
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, WAIT_MS, screenshot
 
@@ -36,6 +37,11 @@ def test_a_preset_trains_in_front_of_you():
             panel.get_by_label("Preset (one lesson each)").click()
             page.get_by_role("option", name="Reverse, with positions (and a GRU beside it)").click()
             panel.get_by_text("What to look for.").wait_for()
+            # the longest Play: on a busy machine the first table may be drawn late in a shorter one,
+            # leaving no time to see its step count grow (a 30 s Play ended at 775 steps before it did)
+            seconds = panel.get_by_label("number input for Seconds per Play")
+            seconds.fill(str(MAX_SECONDS))
+            seconds.press("Enter")
             panel.get_by_role("button", name="Play", exact=True).click()
             panel.locator("tr", has_text="transformer").first.wait_for()
             first = transformer_steps(panel)
