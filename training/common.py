@@ -199,7 +199,10 @@ def configure_adamw(module: L.LightningModule, config: TrainingConfig, clock: Tr
         if p.requires_grad and id(p) not in muon_ids:
             (decay if p.dim() >= 2 and name not in excluded else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available()  # one kernel for the whole update on the GPU
+    # One kernel for the whole update on the GPU; but Lightning refuses to clip the gradients of an
+    # optimizer that unscales them itself (fused AdamW under mixed precision), so with clipping the
+    # update is foreach (a few kernels over all tensors at once).
+    fused = torch.cuda.is_available() and not config.grad_clip
     if matrices:  # Muon on the hidden matrices (training/muon.py), AdamW on everything else
         optimizer = MuonWithAdamW(
             matrices, groups, config.muon_lr, config.muon_momentum, config.lr, config.betas, fused=fused
