@@ -153,8 +153,8 @@ def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     data_dir, out = write_data(tmp_path / "data"), tmp_path / "out"
     tiny = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
     cmd = [sys.executable, "-m", "training.train", "generation", "--data-dir", str(data_dir), "--out", str(out)]
-    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--set", "max_steps=5", "val_every=3"]
-    cmd += ["val_windows=8", "batch_size=4", *tiny]
+    cmd += ["--log-dir", str(tmp_path / "runs"), "--accelerator", "cpu", "--profile", "2"]
+    cmd += ["--set", "max_steps=5", "val_every=3", "val_windows=8", "batch_size=4", *tiny]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,6 +165,10 @@ def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     assert isinstance(model, GPT) and model.context_len == 16
     assert load_tokenizer(out).chars == sorted(set(TEXT))
     assert (tmp_path / "runs" / "generation" / "validation.jsonl").exists()
+    # --profile: steps 2.. under torch.profiler (the run ends inside the 20-step window), every hook timed
+    profile = (tmp_path / "runs" / "generation" / "profile.txt").read_text()
+    assert profile.startswith("steps 2..4 on cpu\nwall per step: ") and "aten::mm" in profile
+    assert "optimizer_step" in (tmp_path / "runs" / "generation" / "fit-profile-hooks.txt").read_text()
 
 
 # --- the Generate tab's functions ---------------------------------------------------------------

@@ -410,3 +410,62 @@ class WallClockLog(L.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class StepProfile(L.Callback):
+    """Where a step's time goes, measured inside a real run (`train --profile`): `steps` optimizer
+    steps from `first` on (after compile and warm-up) under torch.profiler, then `path` gets the
+    wall time per step, the time the device was busy per step (kernels), and the ops that cost
+    most, by device time and by CPU time. A device busy for far less than the wall time means the
+    step is bound by the host (Python, launches, a synchronising call), not by the arithmetic."""
+
+    def __init__(self, path: Path, first: int = 300, steps: int = 20):
+        self.path, self.first, self.steps = Path(path), first, steps
+        self.profiler: torch.profiler.profile | None = None
+        self.started_at = 0.0
+        self.done = False
+
+    def _sync(self, module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        if self.done or self.profiler is not None or trainer.global_step < self.first:
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if module.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._sync(module)
+        self.profiler = torch.profiler.profile(activities=activities)
+        self.profiler.__enter__()
+        self.started_at, self.first = time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        if self.profiler is not None and trainer.global_step >= self.first + self.steps:
+            self._finish(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.profiler is not None:  # the run ended inside the window: report the steps it made
+            self._finish(trainer, module)
+
+    def _finish(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._sync(module)
+        steps = max(1, trainer.global_step - self.first)
+        wall = (time.perf_counter() - self.started_at) / steps
+        self.profiler.__exit__(None, None, None)
+        table = self.profiler.key_averages()
+        device = module.device.type == "cuda"
+        busy = sum(e.self_device_time_total for e in table) / 1e3 / steps if device else None
+        lines = [
+            f"steps {self.first}..{self.first + steps - 1} on {module.device}",
+            f"wall per step: {wall * 1e3:.2f} ms (profiler running)",
+        ]
+        if busy is not None:
+            lines.append(f"device busy per step: {busy:.2f} ms ({busy / (wall * 1e3):.0%} of the wall time)")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            sorts = (["self_device_time_total"] if device else []) + ["self_cpu_time_total"]
+            tables = [f"by {key}:\n{table.table(sort_by=key, row_limit=30)}" for key in sorts]
+            self.path.write_text("\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n")
+            print("\n".join(lines))
+        self.profiler, self.done = None, True

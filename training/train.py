@@ -19,6 +19,7 @@ from pathlib import Path
 
 from training.common import (
     TASKS,
+    StepProfile,
     WallClockLog,
     export,
     load_config,
@@ -41,6 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
     p.add_argument("--no-export", action="store_true", help="train only (used by the DDP test)")
+    p.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=300,
+        metavar="STEP",
+        help="profile 20 steps from STEP (default 300) and Lightning's hooks over the whole run: "
+        "<log-dir>/<task>/profile.txt and profile-hooks.txt",
+    )
     return p.parse_args(argv)
 
 
@@ -53,6 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     config_path = args.config or Path(__file__).parent / "configs" / f"{args.task}-cpu-tiny.yaml"
     config = load_config(task.Config, config_path, args.set)
     L.seed_everything(config.seed, workers=True)
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 for the matmuls left outside bf16 autocast
     module, data = task.build(config, resolve_data_dir(args.data_dir))
     if config.init_from:
         start_from_checkpoint(module, config.init_from)
@@ -60,6 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(args.log_dir) / args.task
     target_metric, target_value = getattr(task, "TARGET", (None, None))
     clock = WallClockLog(run_dir / "validation.jsonl", target_metric, target_value)
+    callbacks: list = [clock]
+    profiler = None
+    if args.profile is not None:
+        from lightning.pytorch.profilers import SimpleProfiler
+
+        callbacks.append(StepProfile(run_dir / "profile.txt", first=args.profile))
+        profiler = SimpleProfiler(dirpath=run_dir, filename="profile-hooks")
     devices = args.devices if args.devices == "auto" else int(args.devices)
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -73,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         logger=CSVLogger(run_dir, name="csv"),
-        callbacks=[clock],
+        callbacks=callbacks,
+        profiler=profiler,
         enable_checkpointing=False,
         enable_model_summary=False,
         log_every_n_steps=min(50, config.val_every),
