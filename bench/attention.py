@@ -16,7 +16,7 @@ Peak memory is real, not a formula:
   not the inputs, and no allocator cache from an earlier point carries over. Resolution: ~1 MiB.
 
     python -m bench.attention                       # 64..4096, table on stdout
-    python -m bench.attention --device cuda --json bench/results/attention_h100.json
+    python -m bench.attention --device cuda --dtype bfloat16 --json bench/results/attention_h200.json  # name: the card
 """
 
 from __future__ import annotations

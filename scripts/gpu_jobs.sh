@@ -34,10 +34,12 @@ if [[ -n $DRY ]]; then
     checkpoints=$work/checkpoints
     dry=(--accelerator cpu --set max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false)
     limit=(--limit 20)
+    profile=1
 else
     checkpoints=checkpoints  # the shipped folders: the archive carries them back
     dry=()
     limit=()
+    profile=300  # 20 steps from here under torch.profiler: runs/<task>/profile.txt, in the logs archive
 fi
 
 train() {  # task, config, extra --set values for the dry run; the checkpoint is packed at once,
@@ -46,7 +48,7 @@ train() {  # task, config, extra --set values for the dry run; the checkpoint is
     shift 2
     echo "== train $task ($config) $(date -u +%H:%M:%S)"
     python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" \
-        --out "$checkpoints/$task" --log-dir "$work/runs" "${dry[@]}" ${DRY:+"$@"}
+        --out "$checkpoints/$task" --log-dir "$work/runs" --profile "$profile" "${dry[@]}" ${DRY:+"$@"}
     tar czf "$OUT/$task.tgz" -C "$(dirname "$checkpoints/$task")" "$task"
 }
 
@@ -63,7 +65,7 @@ attention_bench() {  # the attention table on the GPU; the dry run times two sma
     if [[ -n $DRY ]]; then
         python -m bench.attention --sizes 64 128 --repeats 1 --no-memory --json "$work/attention_dry.json"
     else
-        python -m bench.attention --device cuda --dtype bfloat16 --json "$work/attention_h100.json"
+        python -m bench.attention --device cuda --dtype bfloat16 --json "$work/attention_gpu.json"  # named after the card when stored
     fi
 }
 
