@@ -42,6 +42,19 @@ def test_schedule_ends_with_the_time_budget(monkeypatch):
     assert trainer.should_stop
 
 
+def test_the_gpu_optimizer_is_one_lightning_can_clip(monkeypatch):
+    """Fused AdamW unscales its own gradients, so Lightning refuses to clip them under mixed
+    precision (the first GPU vision run stopped at step 1): with grad_clip the update is foreach."""
+    from lightning.pytorch.plugins.precision.amp import _optimizer_handles_unscaling
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # configure_adamw's GPU choice, on any machine
+    model = torch.nn.Linear(2, 2)
+    clipped = common.configure_adamw(model, common.TrainingConfig(grad_clip=1.0))["optimizer"]
+    assert not clipped.defaults["fused"] and not _optimizer_handles_unscaling(clipped)
+    unclipped = common.configure_adamw(model, common.TrainingConfig(grad_clip=0.0))["optimizer"]
+    assert unclipped.defaults["fused"]  # nothing to clip: the whole update in one kernel
+
+
 def test_schedule_without_a_time_budget_counts_steps(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
