@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         const=300,
         metavar="STEP",
         help="profile 20 steps from STEP (default 300) and Lightning's hooks over the whole run: "
-        "<log-dir>/<task>/profile.txt and profile-hooks.txt",
+        "<log-dir>/<task>/profile.txt and fit-profile-hooks.txt",
     )
     return p.parse_args(argv)
 
