@@ -45,11 +45,15 @@ def load_results(folder: Path = RESULTS_DIR) -> list[dict]:
 
 
 def describe(report: dict) -> str:
-    """One line naming a stored run: which device, how many threads, which clock."""
+    """One line naming a stored run: which device, how many threads, which clock, and the number
+    type when it is not float32 (a GPU run in bfloat16 moves half the bytes)."""
     threads = report.get("threads")
     parts = [report.get("device_name") or report.get("device", "?")]
     if report.get("device") == "cpu":
         parts.append(f"{threads} thread{'s' if threads != 1 else ''}, {report.get('clock', 'wall')} time")
+    dtype = (report.get("settings") or {}).get("dtype", "float32")
+    if dtype != "float32":
+        parts.append(dtype)
     return f"{report.get('name', '?')}: " + ", ".join(parts)
 
 

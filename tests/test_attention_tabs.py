@@ -308,6 +308,8 @@ def test_efficiency_view_reads_stored_results_and_measures_live(tmp_path):
     fig = efficiency.efficiency_figure(live, stored)
     names = {t.name for t in fig.data}
     assert "explicit, live CPU, now" in names and "explicit, test: cpu, 1 thread, wall time" in names
+    gpu = {"device": "cuda", "device_name": "NVIDIA H200", "settings": {"dtype": "bfloat16"}, "name": "h200"}
+    assert efficiency.describe(gpu) == "h200: NVIDIA H200, bfloat16"  # the number type is part of the result
 
 
 def test_bench_kinds_agree_where_they_should():
