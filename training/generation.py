@@ -160,8 +160,6 @@ class GenerationModule(TimedModule):
 
 
 def build(config: Config, data_dir: Path | None) -> tuple[GenerationModule, ShakespeareData]:
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")  # TF32 for any matmul left outside bf16 autocast
     text = load_text(data_dir)
     context_len = gpt_config(config, 1).context_len
     data = ShakespeareData(text, config, context_len)
