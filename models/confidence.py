@@ -85,15 +85,13 @@ def vit_features(model, images: Tensor, attentions: list[Tensor] | None = None) 
     with _WEIGHTS_LOCK, capture as captured:  # not while another request's hooks are on these blocks
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         prefix = getattr(vit, "num_prefix_tokens", 1)
-        patch_means = [x[:, prefix:].mean(1)]
-        for i, block in enumerate(vit.blocks):
-            x = block(x)
-            if i == 0:
-                patch_means.append(x[:, prefix:].mean(1))
-        logits = vit.forward_head(vit.norm(x))
+        embedded = x[:, prefix:].mean(1)
+        x = vit.blocks[0](x)
+        first_block = x[:, prefix:].mean(1)
+        logits = vit.forward_head(vit.norm(vit.blocks[1:](x)))  # blocks: an nn.Sequential
     if attentions is not None:
         attentions.extend(captured)
-    return torch.cat(patch_means, dim=1), logits
+    return torch.cat([embedded, first_block], dim=1), logits
 
 
 @dataclass
