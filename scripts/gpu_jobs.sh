@@ -8,6 +8,13 @@
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh short        # generation + audio + attention bench
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh translation  # ~9 min: train, four directions, beam 4
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh mlm
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh stepcheck    # ~3 min: where a training step's time goes
+#
+# stepcheck comes first in a session whose last runs were slower per step than planned: 300 steps
+# of vision (as written, then with CUDA graphs) and of generation, each profiled from step 200
+# (runs/check-*/<task>/profile.txt: wall vs device-busy per step, the costliest ops), nothing
+# exported, and the host's own speed (bench/host.py: a Python loop, one kernel launch), so a fix
+# can go in before the long runs of the same session.
 #
 # short's three parts also run alone (generation, audio, attention: a few minutes each), to fill
 # what a session has left after a longer job.
@@ -58,6 +65,21 @@ score() {  # task: its metrics JSON (the evaluate CLI's last line) into the work
     python -m training.evaluate "$task" --data-dir "$DATA" --checkpoint "$checkpoints/$task" "${limit[@]}" \
         | tee "$work/$task-eval.out"
     tail -n 1 "$work/$task-eval.out" > "$work/${task}_eval.json"
+}
+
+step_check() {  # task, config, label, extra --set values: 300 steps profiled from 200, no export
+    local task=$1 config=$2 label=$3
+    shift 3
+    local sets=(max_steps=300 max_time_s=null val_every=100000 "$@") profile_from=200 device=(--accelerator gpu)
+    if [[ -n $DRY ]]; then
+        sets=(max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false "$@")
+        profile_from=1
+        device=(--accelerator cpu)
+    fi
+    echo "== step check $task $label $(date -u +%H:%M:%S)"
+    python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" --no-export \
+        --log-dir "$work/runs/check-$label" --profile "$profile_from" "${device[@]}" --set "${sets[@]}" \
+        || echo "== step check $task $label failed: $?"  # a variant that breaks is a finding, not the end
 }
 
 attention_bench() {  # the attention table on the GPU; the dry run times two small sizes on the CPU
@@ -118,8 +140,19 @@ mlm)
     score mlm
     pack
     ;;
+stepcheck)
+    python -m bench.host --device "$([[ -n $DRY ]] && echo cpu || echo cuda)" | tee "$work/host.json"
+    small=$([[ -n $DRY ]] && echo val_size=500 || true)  # (dry run: validate on 500 images)
+    step_check vision vision-gpu.yaml vision $small
+    step_check vision vision-gpu.yaml vision-cudagraphs compile_mode=reduce-overhead $small
+    step_check generation generation-gpu.yaml generation
+    for report in "$work"/runs/check-*/*/profile.txt; do
+        if [[ -e $report ]]; then echo "-- ${report#"$work"/runs/}"; head -n 3 "$report"; fi
+    done
+    pack
+    ;;
 *)
-    echo "unknown job $job: vision, short, generation, audio, attention, translation or mlm" >&2
+    echo "unknown job $job: vision, short, generation, audio, attention, translation, mlm or stepcheck" >&2
     exit 2
     ;;
 esac

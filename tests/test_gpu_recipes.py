@@ -108,3 +108,16 @@ def test_gpu_recipe_dry_run_on_cpu(task, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3 and (tmp_path / "ckpt" / "model.safetensors").exists()
+
+
+def test_host_probe_reports_this_machine(capsys):
+    """bench/host.py, the stepcheck job's first line: figures that are real timings of this machine."""
+    from bench import host
+
+    report = host.main(["--loop", "200000"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
+    assert report["cores"] == os.cpu_count() and report["cpu"]
+    assert 0 < report["python_loop_s"] < 60 and report["python_loop_iterations"] == 200_000
+    cpu = report["ops"]["cpu"]
+    assert 0 < cpu["issue_us"] < 10_000 and 0 < cpu["issue_and_wait_us"] < 10_000
+    assert "cuda" not in report["ops"]  # the GPU is timed only when asked for

@@ -144,6 +144,17 @@ def test_compiled_only_when_asked_and_the_state_dict_keys_stay_clean():
     assert list(model.state_dict()) == keys and not any("_orig_mod" in k for k in model.state_dict())
 
 
+def test_compile_mode_reaches_torch_compile_unless_the_task_names_one(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: seen.append(options) or fn)
+    model = torch.nn.Linear(3, 4)
+    common.compiled(model.forward, common.TrainingConfig(compile=True))
+    common.compiled(model, common.TrainingConfig(compile=True, compile_mode="reduce-overhead"))
+    common.compiled(model.forward, common.TrainingConfig(compile=True, compile_mode="reduce-overhead"), mode="default")
+    common.compiled(model.forward, common.TrainingConfig(compile=False, compile_mode="reduce-overhead"))
+    assert seen == [{}, {"mode": "reduce-overhead"}, {"mode": "default"}]
+
+
 def test_export_writes_fp16_weights_config_and_tokenizer_of_the_plain_model(tmp_path):
     """One export for every task: the uncompiled model in fp16, what load_model and load_tokenizer read."""
     from safetensors.torch import load_file

@@ -45,6 +45,9 @@ class TrainingConfig:
     grad_clip: float = 1.0
     precision: str = "32-true"  # "bf16-mixed" on the GPU
     compile: bool = False  # torch.compile what the task hands to `compiled` (training speed only)
+    # torch.compile's mode when compile is on: null (the default), "reduce-overhead" (CUDA graphs:
+    # one launch replays a whole graph, for steps bound by kernel launches) or "max-autotune"
+    compile_mode: str | None = None
     val_every: int = 250  # steps between validations
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # EMA of the weights (0 = off), for tasks that keep one (vision, translation)
@@ -230,9 +233,12 @@ def compiled(target: Compilable, config: TrainingConfig, **options) -> Compilabl
     state_dict keys, and the exported checkpoint's, carry no `_orig_mod.` prefix. A bound method
     (`model.forward`, `model.classify`) comes back compiled while the module keeps its plain one,
     so a task can run the compiled path in training and the eager one elsewhere (no recompile for
-    eval mode). `options` go to torch.compile (e.g. dynamic=True for batches of varying shape)."""
+    eval mode). `options` go to torch.compile (e.g. dynamic=True for batches of varying shape), and
+    the config's `compile_mode` as its mode unless `options` name one."""
     if not config.compile:
         return target
+    if config.compile_mode:
+        options.setdefault("mode", config.compile_mode)
     if isinstance(target, nn.Module):
         target.compile(**options)
         return target

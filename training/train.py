@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls left outside bf16 autocast
+        torch.backends.cudnn.benchmark = True  # shapes are fixed per run: let cuDNN time its conv algorithms once
     module, data = task.build(config, resolve_data_dir(args.data_dir))
     if config.init_from:
         start_from_checkpoint(module, config.init_from)
