@@ -9,6 +9,7 @@
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh translation  # ~9 min: train, four directions, beam 4
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh mlm
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh stepcheck    # ~3 min: where a training step's time goes
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh genablate    # 6 generation runs: what each choice buys
 #
 # stepcheck comes first in a session whose last runs were slower per step than planned: 300 steps
 # of vision (as written, then with CUDA graphs) and of generation, each profiled from step 200
@@ -151,8 +152,19 @@ stepcheck)
     done
     pack
     ;;
+genablate)  # each run: ~35 s of start and compile + 1000 steps (~5 min in all at 10 ms a step)
+    echo "== generation ablations $(date -u +%H:%M:%S)"
+    sets=()
+    if [[ -n $DRY ]]; then sets=(--accelerator cpu --set max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false); fi
+    python -m bench.ablations generation --config training/configs/generation-gpu.yaml --data-dir "$DATA" \
+        --out "$work/runs/ablations" --json "$work/generation_ablations.json" "${sets[@]}" \
+        --variant adamw optimizer=adamw --variant no-qk-norm model.qk_norm=false \
+        --variant gelu model.activation=gelu --variant learned-positions model.positional=learned \
+        --variant batch-64 batch_size=64
+    pack
+    ;;
 *)
-    echo "unknown job $job: vision, short, generation, audio, attention, translation, mlm or stepcheck" >&2
+    echo "unknown job $job: vision, short, generation, audio, attention, translation, mlm, stepcheck or genablate" >&2
     exit 2
     ;;
 esac

@@ -171,6 +171,36 @@ def test_train_cli_exports_a_loadable_checkpoint(tmp_path):
     assert "optimizer_step" in (tmp_path / "runs" / "generation" / "fit-profile-hooks.txt").read_text()
 
 
+@pytest.mark.slow
+def test_ablation_bench_runs_the_recipe_and_each_variant_in_its_own_process(tmp_path):
+    """bench/ablations.py (what each choice of the GPU recipe buys): a changed setting changes the
+    result, and a variant that cannot run is reported without stopping the others."""
+    from bench import ablations
+
+    data_dir = write_data(tmp_path / "data")
+    tiny = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
+    result = ablations.main(
+        ["generation", "--config", str(ROOT / "training/configs/generation-cpu-tiny.yaml"), "--data-dir", str(data_dir)]
+        + ["--accelerator", "cpu", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "ablations.json")]
+        + ["--set", "max_steps=4", "val_every=2", "val_windows=8", "batch_size=4", *tiny]
+        + ["--variant", "relu2", "model.activation=relu2", "--variant", "broken", "model.no_such_field=1"]
+    )
+    recipe, relu2, broken = result["runs"]
+    assert [r["name"] for r in result["runs"]] == ["recipe", "relu2", "broken"]
+    assert (
+        recipe["steps"] == relu2["steps"] == 4
+        and recipe["changes"] == []
+        and relu2["changes"] == ["model.activation=relu2"]
+    )
+    rows = [
+        json.loads(line) for line in (tmp_path / "runs/recipe/generation/validation.jsonl").read_text().splitlines()
+    ]
+    assert recipe["best"]["value"] == round(min(r["val/loss"] for r in rows), 4) and [r["step"] for r in rows] == [2, 4]
+    assert relu2["best"]["value"] != recipe["best"]["value"]  # the same seed, another activation
+    assert "failed" in broken and "no_such_field" in "\n".join(broken["log_tail"])
+    assert json.loads((tmp_path / "ablations.json").read_text()) == result
+
+
 # --- the Generate tab's functions ---------------------------------------------------------------
 
 
