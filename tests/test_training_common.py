@@ -210,3 +210,25 @@ def test_a_task_without_an_ema_refuses_ema_decay():
         module.on_fit_start()
     module.config.ema_decay = 0.0
     module.on_fit_start()  # nothing asked, nothing refused
+
+
+def test_step_profile_names_the_lines_that_made_the_host_wait(monkeypatch, tmp_path):
+    """On CUDA the profiled steps run under torch's sync debug mode: each synchronising call warns
+    from its Python line, and the report counts them by line (the mode switch is stubbed here)."""
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    profile = common.StepProfile(tmp_path / "profile.txt")
+    assert profile._stop_sync_warnings() is None  # nothing recorded off CUDA
+    profile._start_sync_warnings()
+    for _ in range(3):
+        warnings.warn("called a synchronizing CUDA operation", stacklevel=1)  # the same line three times
+    warnings.warn("called a synchronizing CUDA operation\nmore detail", stacklevel=1)
+    warnings.warn("some deprecation", DeprecationWarning, stacklevel=1)  # recorded, but not a sync
+    found = profile._stop_sync_warnings()
+    assert modes == ["warn", 0] and sum(found.values()) == 4
+    (line, count), (other, once) = found.most_common()
+    assert count == 3 and once == 1 and line.startswith("test_training_common.py:") and line != other
+    assert line.endswith(": called a synchronizing CUDA operation") and "more detail" not in other
+    assert profile.syncs is None and profile.sync_warnings is None  # the window is closed

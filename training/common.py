@@ -10,6 +10,8 @@ import json
 import os
 import time
 import urllib.request
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -422,12 +424,15 @@ class StepProfile(L.Callback):
     """Where a step's time goes, measured inside a real run (`train --profile`): `steps` optimizer
     steps from `first` on (after compile and warm-up) under torch.profiler, then `path` gets the
     wall time per step, the time the device was busy per step (kernels), and the ops that cost
-    most, by device time and by CPU time. A device busy for far less than the wall time means the
+    most, by device time and by CPU time; on CUDA also every call in those steps that made the host
+    wait for the device, by source line. A device busy for far less than the wall time means the
     step is bound by the host (Python, launches, a synchronising call), not by the arithmetic."""
 
     def __init__(self, path: Path, first: int = 300, steps: int = 20):
         self.path, self.first, self.steps = Path(path), first, steps
         self.profiler: torch.profiler.profile | None = None
+        self.syncs: warnings.catch_warnings | None = None  # on CUDA: records synchronising calls
+        self.sync_warnings: list[warnings.WarningMessage] = []
         self.started_at = 0.0
         self.done = False
 
@@ -442,6 +447,8 @@ class StepProfile(L.Callback):
         if module.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self._sync(module)
+        if module.device.type == "cuda":
+            self._start_sync_warnings()
         self.profiler = torch.profiler.profile(activities=activities)
         self.profiler.__enter__()
         self.started_at, self.first = time.perf_counter(), trainer.global_step
@@ -455,6 +462,7 @@ class StepProfile(L.Callback):
             self._finish(trainer, module)
 
     def _finish(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        syncs = self._stop_sync_warnings()
         self._sync(module)
         steps = max(1, trainer.global_step - self.first)
         wall = (time.perf_counter() - self.started_at) / steps
@@ -468,6 +476,9 @@ class StepProfile(L.Callback):
         ]
         if busy is not None:
             lines.append(f"device busy per step: {busy:.2f} ms ({busy / (wall * 1e3):.0%} of the wall time)")
+        if syncs is not None:
+            lines.append(f"calls that made the host wait for the device: {sum(syncs.values())} in {steps} steps")
+            lines += [f"  {count} x {where}" for where, count in syncs.most_common(10)]
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             sorts = (["self_device_time_total"] if device else []) + ["self_cpu_time_total"]
@@ -475,3 +486,25 @@ class StepProfile(L.Callback):
             self.path.write_text("\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n")
             print("\n".join(lines))
         self.profiler, self.done = None, True
+
+    def _start_sync_warnings(self) -> None:
+        """From here on, every call that makes the host wait for the GPU (`.item()`, a copy to the
+        CPU, a data-dependent shape) raises a warning that names its Python line: recorded."""
+        self.syncs = warnings.catch_warnings(record=True)
+        self.sync_warnings = self.syncs.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def _stop_sync_warnings(self) -> Counter | None:
+        """Where the synchronising calls of the profiled steps came from, by file, line and message."""
+        if self.syncs is None:
+            return None
+        torch.cuda.set_sync_debug_mode(0)
+        self.syncs.__exit__(None, None, None)
+        found = Counter(
+            f"{Path(w.filename).name}:{w.lineno}: {str(w.message).splitlines()[0][:100]}"
+            for w in self.sync_warnings
+            if "synchroniz" in str(w.message)  # the window records every warning; these are the syncs
+        )
+        self.syncs = self.sync_warnings = None
+        return found
