@@ -72,15 +72,18 @@ step_check() {  # task, config, label, extra --set values: 300 steps profiled fr
     local task=$1 config=$2 label=$3
     shift 3
     local sets=(max_steps=300 max_time_s=null val_every=100000 "$@") profile_from=200 device=(--accelerator gpu)
+    local limit=${CHECK_TIMEOUT:-150}  # seconds per check on the GPU: compile plus 300 steps take ~1 min
     if [[ -n $DRY ]]; then
         sets=(max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false "$@")
         profile_from=1
         device=(--accelerator cpu)
+        limit=${CHECK_TIMEOUT:-900}  # a 3-step generation on this CPU takes ~2 min
     fi
     echo "== step check $task $label $(date -u +%H:%M:%S)"
-    python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" --no-export \
+    timeout "$limit" python -m training.train "$task" --config "training/configs/$config" \
+        --data-dir "$DATA" --no-export \
         --log-dir "$work/runs/check-$label" --profile "$profile_from" "${device[@]}" --set "${sets[@]}" \
-        || echo "== step check $task $label failed: $?"  # a variant that breaks is a finding, not the end
+        || echo "== step check $task $label failed or ran out of time: $?"  # a finding, not the end
 }
 
 attention_bench() {  # the attention table on the GPU; the dry run times two small sizes on the CPU
