@@ -14,7 +14,6 @@ and the best value of the target's metric with its step. Prints a table, then on
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import subprocess
 import sys
@@ -40,7 +39,7 @@ def run_one(task: str, config: str, name: str, changes: list[str], args: argpars
         print("\n".join(tail), flush=True)
         return {"name": name, "changes": changes, "failed": f"exit code {done.returncode}", "log_tail": tail}
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    metric, _ = getattr(importlib.import_module(f"training.{task}"), "TARGET", (None, None))
+    metric = next(iter(summary["target"] or {}), None)  # the task's target metric, as train.py names it
     rows = [json.loads(line) for line in (log_dir / task / "validation.jsonl").read_text().splitlines() if line]
     scored = [r for r in rows if metric in r]
     best = min(scored, key=lambda r: r[metric]) if scored else None

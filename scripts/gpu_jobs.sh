@@ -38,9 +38,10 @@ work=$(mktemp -d)
 mkdir -p "$OUT"
 exec > >(tee "$OUT/$job.log") 2>&1
 
+dry_sets=(max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false)  # the dry run's --set values
 if [[ -n $DRY ]]; then
     checkpoints=$work/checkpoints
-    dry=(--accelerator cpu --set max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false)
+    dry=(--accelerator cpu --set "${dry_sets[@]}")
     limit=(--limit 20)
     profile=1
 else
@@ -74,7 +75,7 @@ step_check() {  # task, config, label, extra --set values: 300 steps profiled fr
     local sets=(max_steps=300 max_time_s=null val_every=100000 "$@") profile_from=200 device=(--accelerator gpu)
     local limit=${CHECK_TIMEOUT:-150}  # seconds per check on the GPU: compile plus 300 steps take ~1 min
     if [[ -n $DRY ]]; then
-        sets=(max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false "$@")
+        sets=("${dry_sets[@]}" "$@")
         profile_from=1
         device=(--accelerator cpu)
         limit=${CHECK_TIMEOUT:-900}  # a 3-step generation on this CPU takes ~2 min
@@ -157,10 +158,8 @@ stepcheck)
     ;;
 genablate)  # each run: ~35 s of start and compile + 1000 steps (~5 min in all at 10 ms a step)
     echo "== generation ablations $(date -u +%H:%M:%S)"
-    sets=()
-    if [[ -n $DRY ]]; then sets=(--accelerator cpu --set max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false); fi
     python -m bench.ablations generation --config training/configs/generation-gpu.yaml --data-dir "$DATA" \
-        --out "$work/runs/ablations" --json "$work/generation_ablations.json" "${sets[@]}" \
+        --out "$work/runs/ablations" --json "$work/generation_ablations.json" "${dry[@]}" \
         --variant adamw optimizer=adamw --variant no-qk-norm model.qk_norm=false \
         --variant gelu model.activation=gelu --variant learned-positions model.positional=learned \
         --variant batch-64 batch_size=64

@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 for the matmuls left outside bf16 autocast
-        torch.backends.cudnn.benchmark = True  # shapes are fixed per run: let cuDNN time its conv algorithms once
+        # let cuDNN time its conv algorithms once per shape: the convolutions (vision's stem, audio's
+        # fixed-length clips on the GPU) see one shape per run; the text tasks have none
+        torch.backends.cudnn.benchmark = True
     module, data = task.build(config, resolve_data_dir(args.data_dir))
     if config.init_from:
         start_from_checkpoint(module, config.init_from)
