@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from models.attention_data import Attention, ModelAttention, stack_layers
 from models.hub import HubMixin
@@ -48,6 +49,8 @@ class AudioConfig:
     normalise: str = "clip"  # "clip": one mean per clip; "band": a mean per mel band (cepstral mean normalisation)
     patch_frames: int = 4  # frames per token (40 ms of all mel bands)
     patch_stride: int = 4  # frames between token starts (< patch_frames: overlapping tokens)
+    stem: str = "patch"  # "patch": tokens are raw spectrogram patches; "conv": see SpectrogramConvStem
+    stem_channels: int = 16  # the conv stem's feature maps
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -76,6 +79,11 @@ class AudioConfig:
     @property
     def max_tokens(self) -> int:
         return self.n_tokens(self.n_frames(self.max_samples))
+
+    @property
+    def frame_features(self) -> int:
+        """Numbers per frame that tokens are cut from: the mel bands, or the conv stem's maps."""
+        return self.stem_channels * (self.n_mels // 4) if self.stem == "conv" else self.n_mels
 
     def frame_times(self, n: int) -> np.ndarray:
         """Centre of each frame, in seconds from the start of the prepared waveform."""
@@ -111,6 +119,33 @@ class LogMelSpectrogram(nn.Module):
             return self.to_db(self.mel(waveforms.float()))
 
 
+class SpectrogramConvStem(nn.Module):
+    """(B, n_mels, frames) -> (B, channels * n_mels // 4, frames): two 3x3 convolutions, each followed
+    by a max over pairs of neighbouring mel bands.
+
+    A voice that is higher or lower than another moves the same formants up or down the mel axis.
+    Raw patches give every band its own weights, so the model must learn each word at each pitch;
+    a convolution shares its weights along the axis and the max forgets a shift of a band or two.
+    Time keeps its full resolution (frames are cut into tokens afterwards); what each convolution
+    makes of the padding after a clip is set back to zero, as an unpadded clip's edge is, so
+    batching still changes nothing."""
+
+    def __init__(self, n_mels: int, channels: int) -> None:
+        super().__init__()
+        if n_mels % 4:
+            raise ValueError(f"the conv stem halves the {n_mels} mel bands twice: use a multiple of 4")
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.pool = nn.MaxPool2d((2, 1))
+
+    def forward(self, spec: Tensor, frames: Tensor) -> Tensor:
+        padding = torch.arange(spec.size(-1), device=spec.device)[None, :] >= frames[:, None]
+        padding = padding[:, None, None, :]  # (B, 1, 1, frames)
+        x = self.pool(F.gelu(self.conv1(spec[:, None]))).masked_fill(padding, 0.0)
+        x = self.pool(F.gelu(self.conv2(x))).masked_fill(padding, 0.0)
+        return x.flatten(1, 2)
+
+
 class AudioTransformer(nn.Module, HubMixin):
     """Log-mel front end + frame-patch tokens + `EncoderClassifier` (CLS token, encoder, head)."""
 
@@ -120,9 +155,10 @@ class AudioTransformer(nn.Module, HubMixin):
         super().__init__()
         self.config = c = config
         self.frontend = LogMelSpectrogram(c)
+        self.stem = SpectrogramConvStem(c.n_mels, c.stem_channels) if c.stem == "conv" else None
         self.classifier = EncoderClassifier(
             EncoderClassifierConfig(
-                input_dim=c.n_mels * c.patch_frames,
+                input_dim=c.frame_features * c.patch_frames,
                 num_classes=c.num_classes,
                 max_len=c.max_tokens,
                 n_layers=c.n_layers,
@@ -159,8 +195,11 @@ class AudioTransformer(nn.Module, HubMixin):
         return spec, frames
 
     def tokens(self, spec: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, n_mels, frames) -> patches of `patch_frames` frames x all bands (B, T, n_mels * k)."""
+        """(B, n_mels, frames) -> patches of `patch_frames` frames x all bands (B, T, n_mels * k)
+        (with the conv stem: x all of its feature maps)."""
         c = self.config
+        if self.stem is not None:
+            spec = self.stem(spec, frames)
         patches = spec.unfold(-1, c.patch_frames, c.patch_stride)  # (B, n_mels, T, k)
         patches = patches.permute(0, 2, 1, 3).flatten(2)  # (B, T, n_mels * k)
         return patches, c.n_tokens(frames)

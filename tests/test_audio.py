@@ -4,6 +4,8 @@ sample rate, channels, surrounding silence and loudness."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,7 +13,15 @@ import torch
 import torchaudio
 
 from demos.common import checkpoint_dir
-from models.audio import LISTENING_SPEEDS, AudioConfig, AudioTransformer, log_mel, prepare_waveform, speed_changed
+from models.audio import (
+    LISTENING_SPEEDS,
+    AudioConfig,
+    AudioTransformer,
+    SpectrogramConvStem,
+    log_mel,
+    prepare_waveform,
+    speed_changed,
+)
 from models.checkpoint import load_model, save_checkpoint
 
 RATE = 8000
@@ -143,9 +153,10 @@ def test_the_answer_averages_the_clip_heard_at_three_speeds():
     assert not torch.allclose(answers[0], alone(clips[0]), atol=1e-4)  # the other speeds do count
 
 
-def test_attention_shapes_and_padding_invariance():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_attention_shapes_and_padding_invariance(stem):
     torch.manual_seed(0)
-    model = AudioTransformer(TINY).eval()
+    model = AudioTransformer(dataclasses.replace(TINY, stem=stem, stem_channels=4)).eval()
     lengths = torch.tensor([8000, 5000, 2000])
     waveforms = torch.randn(3, 8000) * 0.1
     for row, n in enumerate(lengths):
@@ -166,9 +177,10 @@ def test_attention_shapes_and_padding_invariance():
     assert out.attentions[0]["self"][2, :, :, 1 + valid :].abs().max() == 0
 
 
-def test_model_is_deaf_to_gain():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_model_is_deaf_to_gain(stem):
     torch.manual_seed(0)
-    model = AudioTransformer(TINY).eval()
+    model = AudioTransformer(dataclasses.replace(TINY, stem=stem, stem_channels=4)).eval()
     x = torch.randn(1, 6000) * 0.1
     assert torch.allclose(model(x).logits, model(100 * x).logits, atol=1e-4)
 
@@ -220,6 +232,24 @@ def test_augmentations():
         assert augmented.numel() > 0.3 * RATE and torch.isfinite(augmented).all()
         assert augmented.abs().max() <= 1.0  # the gain step clips like a full-scale converter
         prepare_waveform(augmented.numpy(), RATE)  # training clips take the users' path
+
+
+def test_conv_stem_moves_with_the_voice():
+    """Shifting a spectrogram up four mel bands shifts the conv stem's feature maps up one of their
+    (four times coarser) bands, away from the edges: the same formants at another pitch give the
+    same features, one place over. Raw patches have no such property."""
+    torch.manual_seed(0)
+    stem = SpectrogramConvStem(n_mels=40, channels=3).eval()
+    spec = torch.randn(2, 40, 12)
+    higher = torch.zeros_like(spec)
+    higher[:, 4:] = spec[:, :-4]
+    frames = torch.tensor([12, 9])
+    spec[1, :, 9:] = higher[1, :, 9:] = 0  # a padded row: its padding stays zero either way
+    maps = stem(spec, frames).unflatten(1, (3, 10))  # (B, channels, bands, frames)
+    moved = stem(higher, frames).unflatten(1, (3, 10))
+    assert torch.allclose(moved[:, :, 2:9], maps[:, :, 1:8], atol=1e-6)
+    assert not torch.allclose(moved[:, :, 2:9], maps[:, :, 2:9], atol=1e-2)
+    assert moved[1, :, :, 9:].abs().max() == 0
 
 
 def test_export_round_trip(tmp_path):
