@@ -54,7 +54,7 @@ class ViTConfig:
     class_names: list[str] = field(default_factory=lambda: list(CIFAR10_CLASSES))
     mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
-    # timm's names, which configs written before 2026-11-26 (checkpoints/vision/config.json) use:
+    # timm's names, which configs and checkpoints written before 2026-11-26 use:
     # still accepted, mapped to ours here and nowhere else
     embed_dim: InitVar[int | None] = None
     depth: InitVar[int | None] = None

@@ -24,13 +24,13 @@
 # recipe (everything but bf16 and torch.compile) and scores a few examples, so a typo or a missing
 # file shows up for free:
 #
-#   DRY=1 DATA=../shared/data bash scripts/gpu_jobs.sh vision     # with the venv's python on PATH
+#   DRY=1 DATA=DATA bash scripts/gpu_jobs.sh vision     # with the venv's python on PATH
 #
 # After a vision job, on any machine: unpack, then refit the Image tab's "unsure" statistics
 # (python -m bench.confidence vision --fit) and rerun bench/vision.py and bench/vision_corruptions.py.
 set -euo pipefail
 
-job=${1:?"which job: vision, short (or one of its parts: generation, audio, attention), translation or mlm"}
+job=${1:?"which job: vision, short (or one of its parts: generation, audio, attention), translation, mlm, stepcheck or genablate"}
 DATA=${DATA:-data}
 OUT=${OUT:-/tmp/gpu-jobs}
 DRY=${DRY:-}

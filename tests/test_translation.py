@@ -410,7 +410,9 @@ def test_train_and_evaluate_cli_end_to_end(corpus, tmp_path, capsys):
         ["translation", "--data-dir", str(corpus), "--out", str(tmp_path / "more"), "--log-dir", str(tmp_path)]
         + ["--set", *more]
     )
-    resumed = json.loads((tmp_path / "translation" / "validation.jsonl").read_text().splitlines()[-1])
+    resumed = [json.loads(line) for line in (tmp_path / "translation" / "validation.jsonl").read_text().splitlines()]
+    assert len(resumed) == 1, "the second run's log starts empty, not after the first run's rows"
+    resumed = resumed[0]
     assert resumed["step"] == 20 and resumed["val/loss"] == pytest.approx(history[1]["val/loss"], abs=0.01)
 
 

@@ -392,9 +392,10 @@ def process_start_time() -> float:
 
 
 class WallClockLog(L.Callback):
-    """After each validation, append {step, wall_s, metrics...} to a JSON-lines log, and remember
-    the first wall time at which `target_metric` reached `target_value` (lower is better).
-    `validated_step` is the step of the last validation, on every process."""
+    """After each validation, append {step, wall_s, metrics...} to a JSON-lines log (emptied when a
+    run starts, so the file holds this run alone), and remember the first wall time at which
+    `target_metric` reached `target_value` (lower is better). `validated_step` is the step of the
+    last validation, on every process."""
 
     def __init__(self, path: Path, target_metric: str | None = None, target_value: float | None = None):
         self.path, self.target_metric, self.target_value = Path(path), target_metric, target_value
@@ -402,6 +403,11 @@ class WallClockLog(L.Callback):
         self.reached_at: float | None = None
         self.history: list[dict] = []
         self.validated_step: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # each run's log is its own, not appended to the last run's
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
