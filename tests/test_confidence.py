@@ -247,10 +247,31 @@ def test_translation_rates_on_captions_and_other_text():
 def test_spectral_signals():
     rate = 8000
     t = np.arange(rate) / rate
-    flatness, change = conf.spectral_signals(np.random.default_rng(0).normal(size=rate))
+    flatness, change, centroid = conf.spectral_signals(np.random.default_rng(0).normal(size=rate), rate)
     assert flatness == pytest.approx(np.exp(-np.euler_gamma), abs=0.05)  # a periodogram of white noise
-    tone_flatness, tone_change = conf.spectral_signals(np.sin(2 * np.pi * 440 * t))
+    assert centroid == pytest.approx(rate / 4, rel=0.05)  # a flat spectrum from 0 to rate / 2
+    tone_flatness, tone_change, tone_centroid = conf.spectral_signals(np.sin(2 * np.pi * 440 * t), rate)
     assert tone_flatness < 1e-3 and tone_change < 0.2 < change
+    assert tone_centroid == pytest.approx(440, abs=5)
+
+
+def test_a_rumble_is_no_digit_whatever_the_model_says(monkeypatch):
+    """Brown noise (a random walk: wind on a microphone) has its power far below speech's lowest
+    formant; the check must not lean on the model being unsure, so the model here is sure, nor on
+    the steady-sound check, which some walks also trip: that one is switched off."""
+    monkeypatch.setattr(conf, "STEADY_CHANGE", 0.0)
+    rate = 8000
+    rumble = np.cumsum(np.random.default_rng(1).normal(0, 0.01, rate))
+    rumble = 0.1 * rumble / np.sqrt(np.mean(rumble**2))
+    sure = torch.tensor([0.95] + [0.05 / 9] * 9)
+    verdict = conf.audio_verdict(rumble, sure, rate)
+    assert not verdict.known and "rumble" in " ".join(verdict.reasons)
+    assert verdict.scores["centroid_hz"] < conf.RUMBLE_CENTROID_HZ
+    # three gliding partials in the speech band, swelling and fading like syllables: not a rumble
+    t = np.arange(rate) / rate
+    voiced = sum(np.sin(2 * np.pi * f * t * (1 + 0.2 * t)) for f in (300, 900, 2200))
+    voiced = voiced * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    assert conf.spectral_signals(voiced, rate)[2] > conf.RUMBLE_CENTROID_HZ
 
 
 def test_audio_tab_hears_no_digit_in_noise_or_a_tone_and_refuses_silence():
