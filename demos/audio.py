@@ -98,7 +98,7 @@ def classify_audio(audio) -> AudioResult:
         probs = model.probabilities([waveform])[0]  # the answer: also heard 10% slower and faster
     attention = run["self"]
     top = probs.topk(3)
-    verdict = audio_verdict(waveform.numpy(), probs)  # noise, a tone or an unsure model: no clear digit
+    verdict = audio_verdict(waveform.numpy(), probs, c.sample_rate)  # noise, a tone, a rumble, an unsure model
     spec = log_mel(waveform, c)
     n_tokens = attention.weights.shape[-1] - 1
     return AudioResult(
@@ -237,11 +237,17 @@ def build() -> None:
     model, _ = get_model(TASK)
     c = model.config
     token_ms = 1000 * c.patch_frames * c.hop_length / c.sample_rate
+    stem = (
+        " Before the tokens are cut, two small convolutions slide along the spectrogram's bands, so a higher or "
+        "lower voice gives the same features a band or two over."
+        if c.stem == "conv"
+        else ""
+    )
     gr.Markdown(
         f"Say one digit (zero to nine, in English) or upload a recording. A transformer trained from scratch "
         f"on the Free Spoken Digit Dataset (six speakers) hears it at {c.sample_rate // 1000} kHz as a log-mel "
         f"spectrogram ({c.n_mels} bands, a frame every {1000 * c.hop_length // c.sample_rate} ms), cut into "
-        f"tokens of {token_ms:.0f} ms, plus a CLS token whose final state is classified. Under the spectrogram: "
+        f"tokens of {token_ms:.0f} ms, plus a CLS token whose final state is classified.{stem} Under the spectrogram: "
         "how much the CLS token attended to each moment. Recordings are mixed to mono, resampled, trimmed of "
         f"silence, cut to the loudest {c.clip_seconds:g} s and set to a fixed loudness first. Your voice is not "
         "one of the six it learned from, so expect mistakes; to meet a higher or lower voice halfway, the "
