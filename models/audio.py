@@ -1,7 +1,8 @@
 """A spectrogram transformer for spoken digits (notes: "Applications", audio).
 
-waveform (8 kHz) -> log-mel spectrogram -> tokens of a few consecutive frames (all mel bands)
--> [CLS] + tokens + positions -> transformer encoder (models.transformer) -> 10-way head on CLS.
+waveform (8 kHz) -> log-mel spectrogram -> (conv stem: two small convolutions along the mel bands)
+-> tokens of a few consecutive frames (all bands or feature maps) -> [CLS] + tokens + positions
+-> transformer encoder (models.transformer) -> 10-way head on CLS.
 
 The spectrogram front end lives inside the model, so a checkpoint is all the app needs. Real
 recordings differ from the training clips, so `prepare_waveform` brings any recording to what the
@@ -147,7 +148,8 @@ class SpectrogramConvStem(nn.Module):
 
 
 class AudioTransformer(nn.Module, HubMixin):
-    """Log-mel front end + frame-patch tokens + `EncoderClassifier` (CLS token, encoder, head)."""
+    """Log-mel front end + optional conv stem + frame-patch tokens + `EncoderClassifier` (CLS token,
+    encoder, head)."""
 
     architecture = "audio_transformer"
 
