@@ -52,6 +52,7 @@ class AudioConfig:
     patch_stride: int = 4  # frames between token starts (< patch_frames: overlapping tokens)
     stem: str = "patch"  # "patch": tokens are raw spectrogram patches; "conv": see SpectrogramConvStem
     stem_channels: int = 16  # the conv stem's feature maps
+    stem_layers: int = 2  # conv + max-over-band-pairs blocks: n_mels / 2**layers bands remain
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -84,7 +85,7 @@ class AudioConfig:
     @property
     def frame_features(self) -> int:
         """Numbers per frame that tokens are cut from: the mel bands, or the conv stem's maps."""
-        return self.stem_channels * (self.n_mels // 4) if self.stem == "conv" else self.n_mels
+        return self.stem_channels * (self.n_mels >> self.stem_layers) if self.stem == "conv" else self.n_mels
 
     def frame_times(self, n: int) -> np.ndarray:
         """Centre of each frame, in seconds from the start of the prepared waveform."""
@@ -121,8 +122,8 @@ class LogMelSpectrogram(nn.Module):
 
 
 class SpectrogramConvStem(nn.Module):
-    """(B, n_mels, frames) -> (B, channels * n_mels // 4, frames): two 3x3 convolutions, each followed
-    by a max over pairs of neighbouring mel bands.
+    """(B, n_mels, frames) -> (B, channels * n_mels / 2**layers, frames): `layers` 3x3 convolutions
+    (two by default), each followed by a max over pairs of neighbouring mel bands.
 
     A voice that is higher or lower than another moves the same formants up or down the mel axis.
     Raw patches give every band its own weights, so the model must learn each word at each pitch;
@@ -131,19 +132,23 @@ class SpectrogramConvStem(nn.Module):
     makes of the padding after a clip is set back to zero, as an unpadded clip's edge is, so
     batching still changes nothing."""
 
-    def __init__(self, n_mels: int, channels: int) -> None:
+    def __init__(self, n_mels: int, channels: int, layers: int = 2) -> None:
         super().__init__()
-        if n_mels % 4:
-            raise ValueError(f"the conv stem halves the {n_mels} mel bands twice: use a multiple of 4")
-        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        if layers < 1 or n_mels % 2**layers:
+            raise ValueError(
+                f"the conv stem halves the {n_mels} mel bands {layers} times: use a multiple of {2**layers}"
+            )
+        self.layers = layers
+        for i in range(layers):  # named conv1, conv2, ... (the checkpoints' keys)
+            self.add_module(f"conv{i + 1}", nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=1))
         self.pool = nn.MaxPool2d((2, 1))
 
     def forward(self, spec: Tensor, frames: Tensor) -> Tensor:
         padding = torch.arange(spec.size(-1), device=spec.device)[None, :] >= frames[:, None]
         padding = padding[:, None, None, :]  # (B, 1, 1, frames)
-        x = self.pool(F.gelu(self.conv1(spec[:, None]))).masked_fill(padding, 0.0)
-        x = self.pool(F.gelu(self.conv2(x))).masked_fill(padding, 0.0)
+        x = spec[:, None]
+        for i in range(self.layers):
+            x = self.pool(F.gelu(getattr(self, f"conv{i + 1}")(x))).masked_fill(padding, 0.0)
         return x.flatten(1, 2)
 
 
@@ -157,7 +162,7 @@ class AudioTransformer(nn.Module, HubMixin):
         super().__init__()
         self.config = c = config
         self.frontend = LogMelSpectrogram(c)
-        self.stem = SpectrogramConvStem(c.n_mels, c.stem_channels) if c.stem == "conv" else None
+        self.stem = SpectrogramConvStem(c.n_mels, c.stem_channels, c.stem_layers) if c.stem == "conv" else None
         self.classifier = EncoderClassifier(
             EncoderClassifierConfig(
                 input_dim=c.frame_features * c.patch_frames,

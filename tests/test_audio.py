@@ -153,10 +153,10 @@ def test_the_answer_averages_the_clip_heard_at_three_speeds():
     assert not torch.allclose(answers[0], alone(clips[0]), atol=1e-4)  # the other speeds do count
 
 
-@pytest.mark.parametrize("stem", ["patch", "conv"])
-def test_attention_shapes_and_padding_invariance(stem):
+@pytest.mark.parametrize("stem, stem_layers", [("patch", 2), ("conv", 2), ("conv", 3)])
+def test_attention_shapes_and_padding_invariance(stem, stem_layers):
     torch.manual_seed(0)
-    model = AudioTransformer(dataclasses.replace(TINY, stem=stem, stem_channels=4)).eval()
+    model = AudioTransformer(dataclasses.replace(TINY, stem=stem, stem_channels=4, stem_layers=stem_layers)).eval()
     lengths = torch.tensor([8000, 5000, 2000])
     waveforms = torch.randn(3, 8000) * 0.1
     for row, n in enumerate(lengths):
@@ -186,11 +186,12 @@ def test_model_is_deaf_to_gain(stem):
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_training_step_lowers_loss():
+@pytest.mark.parametrize("mix", [0.0, 0.4])
+def test_training_step_lowers_loss(mix):
     from training.audio import AudioModule, Config
 
     torch.manual_seed(0)
-    config = Config(model={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}, lr=3e-3, warmup_steps=1)
+    config = Config(model={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}, lr=3e-3, warmup_steps=1, mixup=mix)
     module = AudioModule(config)
     # four "digits": tones at different pitches, one second each
     digits = torch.arange(4).repeat(4)
@@ -216,6 +217,24 @@ def test_training_step_lowers_loss():
     assert eval_loss() < 0.5 * before
 
 
+def test_mixup_mixes_two_clips_of_the_batch():
+    from training.audio import mixup
+
+    torch.manual_seed(0)
+    spec = torch.randn(6, 40, 30)
+    frames = torch.tensor([30, 10, 20, 30, 5, 25])
+    for b, n in enumerate(frames.tolist()):
+        spec[b, :, n:] = 0  # padding, as AudioTransformer.spectrogram leaves it
+    mixed, mixed_frames, other, lam = mixup(spec, frames, alpha=0.4)
+    assert 0 <= lam <= 1 and sorted(other.tolist()) == list(range(6))
+    for b in range(6):
+        torch.testing.assert_close(mixed[b], lam * spec[b] + (1 - lam) * spec[other[b]])
+        assert mixed_frames[b] == max(frames[b], frames[other[b]])
+        assert not mixed[b, :, mixed_frames[b] :].any()  # still zero past the longer clip
+    draws = [mixup(spec, frames, alpha=0.4)[3] for _ in range(200)]
+    assert 0.4 < np.mean(draws) < 0.6 and np.std(draws) > 0.25  # Beta(0.4, 0.4): symmetric, mostly near 0 or 1
+
+
 def test_augmentations():
     from training.audio import Config, augment_waveform, mel_warp, random_eq
 
@@ -234,22 +253,31 @@ def test_augmentations():
         prepare_waveform(augmented.numpy(), RATE)  # training clips take the users' path
 
 
-def test_conv_stem_moves_with_the_voice():
-    """Shifting a spectrogram up four mel bands shifts the conv stem's feature maps up one of their
-    (four times coarser) bands, away from the edges: the same formants at another pitch give the
-    same features, one place over. Raw patches have no such property."""
+@pytest.mark.parametrize("layers", [2, 3])
+def test_conv_stem_moves_with_the_voice(layers):
+    """Shifting a spectrogram up 2**layers mel bands shifts the conv stem's feature maps up one of
+    their (2**layers times coarser) bands, away from the edges: the same formants at another pitch
+    give the same features, one place over. Raw patches have no such property."""
     torch.manual_seed(0)
-    stem = SpectrogramConvStem(n_mels=40, channels=3).eval()
+    stem = SpectrogramConvStem(n_mels=40, channels=3, layers=layers).eval()
+    shift, bands = 2**layers, 40 >> layers
     spec = torch.randn(2, 40, 12)
     higher = torch.zeros_like(spec)
-    higher[:, 4:] = spec[:, :-4]
+    higher[:, shift:] = spec[:, :-shift]
     frames = torch.tensor([12, 9])
     spec[1, :, 9:] = higher[1, :, 9:] = 0  # a padded row: its padding stays zero either way
-    maps = stem(spec, frames).unflatten(1, (3, 10))  # (B, channels, bands, frames)
-    moved = stem(higher, frames).unflatten(1, (3, 10))
-    assert torch.allclose(moved[:, :, 2:9], maps[:, :, 1:8], atol=1e-6)
-    assert not torch.allclose(moved[:, :, 2:9], maps[:, :, 2:9], atol=1e-2)
+    maps = stem(spec, frames).unflatten(1, (3, bands))  # (B, channels, bands, frames)
+    moved = stem(higher, frames).unflatten(1, (3, bands))
+    inner = slice(2, bands - 1)  # bands whose receptive field stays clear of both edges
+    below = slice(1, bands - 2)
+    assert torch.allclose(moved[:, :, inner], maps[:, :, below], atol=1e-6)
+    assert not torch.allclose(moved[:, :, inner], maps[:, :, inner], atol=1e-2)
     assert moved[1, :, :, 9:].abs().max() == 0
+
+
+def test_conv_stem_layers_must_divide_the_bands():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        SpectrogramConvStem(n_mels=36, channels=3, layers=3)
 
 
 def test_export_round_trip(tmp_path):

@@ -64,6 +64,7 @@ class Config(TrainingConfig):
     time_mask_width: int = 10
     mel_warp: float = 0.08
     eq: float = 0.8  # random microphone colour: smooth offsets across mel bands, up to this (in clip stds)
+    mixup: float = 0.0  # Beta(a, a) for mixing each batch's spectrograms with a shuffle of itself; 0: off
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +288,18 @@ def random_eq(spec: Tensor, strength: float, components: int = 3) -> Tensor:
     return spec + (weights @ basis)[..., None]
 
 
+def mixup(spec: Tensor, frames: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Mix each clip's spectrogram with another clip of the batch (mixup, Zhang et al. 2018):
+    lam * spec + (1 - lam) * spec[other], lam ~ Beta(alpha, alpha) once per batch. The loss takes
+    the same mix of the two clips' labels. The mixed clip lasts as long as the longer of the two
+    (a normalised spectrogram's padding is zero, so the shorter one adds nothing past its end).
+    Returns (mixed spectrograms, frames, the other clip of each row, lam)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    other = torch.randperm(spec.size(0), device=spec.device)
+    mixed = lam * spec + (1 - lam) * spec[other]
+    return mixed, torch.maximum(frames, frames[other]), other, lam
+
+
 class AudioModule(TimedModule):
     """Wires the AudioTransformer to cross-entropy, SpecAugment and AdamW."""
 
@@ -314,8 +327,16 @@ class AudioModule(TimedModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         waveforms, lengths, digits = batch
         spec, frames = self.model.spectrogram(waveforms, lengths)
-        logits = self.classify(self.augment_spectrogram(spec), frames).logits
-        loss = F.cross_entropy(logits.float(), digits, label_smoothing=self.config.label_smoothing)
+        spec = self.augment_spectrogram(spec)
+        other, lam = None, 1.0
+        if self.config.mixup:
+            spec, frames, other, lam = mixup(spec, frames, self.config.mixup)
+        logits = self.classify(spec, frames).logits.float()
+        loss = F.cross_entropy(logits, digits, label_smoothing=self.config.label_smoothing)
+        if other is not None:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(
+                logits, digits[other], label_smoothing=self.config.label_smoothing
+            )
         self.log_training(loss, batch_size=digits.numel())
         return loss
 
