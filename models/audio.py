@@ -52,7 +52,10 @@ class AudioConfig:
     patch_stride: int = 4  # frames between token starts (< patch_frames: overlapping tokens)
     stem: str = "patch"  # "patch": tokens are raw spectrogram patches; "conv": see SpectrogramConvStem
     stem_channels: int = 16  # the conv stem's feature maps
-    stem_layers: int = 2  # conv + max-over-band-pairs blocks: n_mels / 2**layers bands remain
+    # conv + max-over-band-pairs blocks: n_mels / 2**layers bands remain. Three (5 bands of 40)
+    # against two, leave-one-speaker-out, two seeds: 88.9% against 88.5%, 6 folds up and 6 down,
+    # 15-25% slower: two stay (README)
+    stem_layers: int = 2
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
