@@ -64,7 +64,9 @@ class Config(TrainingConfig):
     time_mask_width: int = 10
     mel_warp: float = 0.08
     eq: float = 0.8  # random microphone colour: smooth offsets across mel bands, up to this (in clip stds)
-    mixup: float = 0.0  # Beta(a, a) for mixing each batch's spectrograms with a shuffle of itself; 0: off
+    # Beta(a, a) for mixing each batch's spectrograms with a shuffle of itself; 0: off. Tried at 0.4,
+    # leave-one-speaker-out over two seeds: 87.0% against 88.5% without (README), so off
+    mixup: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
