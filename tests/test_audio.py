@@ -191,7 +191,8 @@ def test_training_step_lowers_loss(mix):
     from training.audio import AudioModule, Config
 
     torch.manual_seed(0)
-    config = Config(model={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}, lr=3e-3, warmup_steps=1, mixup=mix)
+    model = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
+    config = Config(model=model, lr=3e-3, warmup_steps=1, mixup_alpha=mix)
     module = AudioModule(config)
     # four "digits": tones at different pitches, one second each
     digits = torch.arange(4).repeat(4)

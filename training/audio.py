@@ -66,7 +66,7 @@ class Config(TrainingConfig):
     eq: float = 0.8  # random microphone colour: smooth offsets across mel bands, up to this (in clip stds)
     # Beta(a, a) for mixing each batch's spectrograms with a shuffle of itself; 0: off. Tried at 0.4,
     # leave-one-speaker-out over two seeds: 87.0% against 88.5% without (README), so off
-    mixup: float = 0.0
+    mixup_alpha: float = 0.0  # the name training/vision.py gives the same thing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,8 +331,8 @@ class AudioModule(TimedModule):
         spec, frames = self.model.spectrogram(waveforms, lengths)
         spec = self.augment_spectrogram(spec)
         other, lam = None, 1.0
-        if self.config.mixup:
-            spec, frames, other, lam = mixup(spec, frames, self.config.mixup)
+        if self.config.mixup_alpha:
+            spec, frames, other, lam = mixup(spec, frames, self.config.mixup_alpha)
         logits = self.classify(spec, frames).logits.float()
         loss = F.cross_entropy(logits, digits, label_smoothing=self.config.label_smoothing)
         if other is not None:
