@@ -218,6 +218,41 @@ def test_training_step_lowers_loss(mix):
     assert eval_loss() < 0.5 * before
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_the_weight_ema_is_validated_and_shipped_but_not_trained(tmp_path):
+    from training.audio import AudioModule, Config
+    from training.common import export
+
+    torch.manual_seed(0)
+    model = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
+    module = AudioModule(Config(model=model, lr=3e-3, warmup_steps=1, ema_decay=0.9))
+    digits = torch.arange(4).repeat(2)
+    waveforms = 0.3 * torch.sin(2 * torch.pi * (300 + 400 * digits[:, None]) * torch.arange(RATE) / RATE)
+    batch = (waveforms, torch.full((8,), RATE), digits)
+    optimizer = module.configure_optimizers()["optimizer"]
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in module.model.parameters()}  # the copy has no optimizer state
+    for step in range(10):
+        loss = module.training_step(batch, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        module.on_train_batch_end(loss, batch, step)  # the EMA follows
+    ema = module.ema.module
+    assert not torch.equal(ema.classifier.head.weight, module.model.classifier.head.weight)
+    logged = {}
+    module.log_validation = lambda n, **metrics: logged.update(metrics)
+    module.eval()
+    module.validation_step(batch, 0)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(ema(*batch[:2]).logits, digits)
+        raw = torch.nn.functional.cross_entropy(module.model(*batch[:2]).logits, digits)
+    assert logged["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(logged["loss"].item() - raw.item()) > 1e-3  # the EMA lags the trained weights
+    shipped = load_model(export(module, tmp_path / "audio", meta={}))
+    assert torch.equal(shipped.classifier.head.weight, ema.classifier.head.weight.half().float())
+
+
 def test_mixup_mixes_two_clips_of_the_batch():
     from training.audio import mixup
 

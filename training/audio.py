@@ -303,11 +303,13 @@ def mixup(spec: Tensor, frames: Tensor, alpha: float) -> tuple[Tensor, Tensor, T
 
 
 class AudioModule(TimedModule):
-    """Wires the AudioTransformer to cross-entropy, SpecAugment and AdamW."""
+    """Wires the AudioTransformer to cross-entropy, SpecAugment and AdamW (and, with `ema_decay`,
+    an average of the weights that validation sees and export ships)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.model = AudioTransformer(AudioConfig(**config.model))
+        self.keep_ema()  # before compiling: the EMA copy stays eager
         self.freq_mask = torchaudio.transforms.FrequencyMasking(config.freq_mask_width, iid_masks=True)
         self.time_mask = torchaudio.transforms.TimeMasking(config.time_mask_width, iid_masks=True)
         # the encoder only: the spectrogram front end runs outside the graph
@@ -345,7 +347,8 @@ class AudioModule(TimedModule):
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         waveforms, lengths, digits = batch
         spec, frames = self.model.spectrogram(waveforms, lengths)
-        logits = self.classify(spec, frames).logits.float()
+        classify = self.ema.module.classify if self.ema is not None else self.classify
+        logits = classify(spec, frames).logits.float()
         accuracy = (logits.argmax(-1) == digits).float().mean()
         loss = F.cross_entropy(logits, digits)
         self.log_validation(digits.numel(), loss=loss, accuracy=accuracy, error=1.0 - accuracy)

@@ -52,7 +52,7 @@ class TrainingConfig:
     compile_mode: str | None = None
     val_every: int = 250  # steps between validations
     label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # EMA of the weights (0 = off), for tasks that keep one (vision, translation)
+    ema_decay: float = 0.0  # EMA of the weights (0 = off), for tasks that keep one (vision, translation, audio)
     optimizer: str = "adamw"  # "muon": Muon for hidden weight matrices, AdamW (lr) for the rest
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
@@ -296,7 +296,7 @@ class TimedModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.config.ema_decay > 0 and self.ema is None:
             task = type(self).__name__
-            raise ValueError(f"ema_decay: {task} keeps no EMA of its weights (vision and translation do)")
+            raise ValueError(f"ema_decay: {task} keeps no EMA of its weights (vision, translation and audio do)")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
