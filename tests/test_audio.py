@@ -186,13 +186,13 @@ def test_model_is_deaf_to_gain(stem):
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-@pytest.mark.parametrize("mix", [0.0, 0.4])
-def test_training_step_lowers_loss(mix):
+@pytest.mark.parametrize("extra", [{}, {"mixup_alpha": 0.4}, {"time_stretch": 0.2}])
+def test_training_step_lowers_loss(extra):
     from training.audio import AudioModule, Config
 
     torch.manual_seed(0)
     model = {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
-    config = Config(model=model, lr=3e-3, warmup_steps=1, mixup_alpha=mix)
+    config = Config(model=model, lr=3e-3, warmup_steps=1, **extra)
     module = AudioModule(config)
     # four "digits": tones at different pitches, one second each
     digits = torch.arange(4).repeat(4)
@@ -287,6 +287,37 @@ def test_augmentations():
         assert augmented.numel() > 0.3 * RATE and torch.isfinite(augmented).all()
         assert augmented.abs().max() <= 1.0  # the gain step clips like a full-scale converter
         prepare_waveform(augmented.numpy(), RATE)  # training clips take the users' path
+
+
+def test_time_stretch_changes_the_tempo_not_the_bands():
+    from training.audio import time_stretch
+
+    ramp = torch.arange(20.0).expand(2, 3, 20).clone()  # frame t holds t in every band
+    ramp[1, :, 10:] = 0  # the second clip is 10 frames long, then padding
+    frames = torch.tensor([20, 10])
+    same, same_frames = time_stretch(ramp, frames, 0.0, max_frames=100, tempo=torch.ones(2))
+    torch.testing.assert_close(same, ramp)
+    assert same_frames.tolist() == [20, 10]
+    fast, fast_frames = time_stretch(ramp, frames, 0.0, max_frames=100, tempo=torch.tensor([2.0, 2.0]))
+    assert fast_frames.tolist() == [10, 5]
+    torch.testing.assert_close(fast[0, :, :10], torch.arange(0.0, 20, 2).expand(3, 10))
+    torch.testing.assert_close(fast[1, :, :5], torch.arange(0.0, 10, 2).expand(3, 5))
+    assert not fast[0, :, 10:].any() and not fast[1, :, 5:].any()  # past the new end: padding
+    slow, slow_frames = time_stretch(ramp, frames, 0.0, max_frames=100, tempo=torch.tensor([0.5, 0.5]))
+    assert slow_frames.tolist() == [20, 20]  # the long clip keeps the batch's 20 frames
+    # each frame read twice, interpolated; the last output frame stops at the clip's last frame, not its padding
+    torch.testing.assert_close(slow[1, 0], (torch.arange(20.0) * 0.5).clamp(max=9))
+    capped = time_stretch(ramp, frames, 0.0, max_frames=15, tempo=torch.tensor([0.5, 0.5]))[1]
+    assert capped.tolist() == [15, 15]  # the model's longest input
+    torch.manual_seed(0)
+    spec = torch.randn(64, 3, 30)
+    drawn, drawn_frames = time_stretch(spec, torch.full((64,), 20), 0.2, max_frames=100)
+    assert 16 <= drawn_frames.min() < drawn_frames.max() <= 25  # 20 frames at tempo 0.8 .. 1.2
+    assert drawn.shape == spec.shape
+    padded = torch.cat([spec[:1, :, :20], torch.zeros(1, 3, 10)], -1)
+    a = time_stretch(padded, torch.tensor([20]), 0.0, max_frames=100, tempo=torch.tensor([1.3]))[0]
+    b = time_stretch(padded[..., :20], torch.tensor([20]), 0.0, max_frames=100, tempo=torch.tensor([1.3]))[0]
+    torch.testing.assert_close(a[..., :20], b)  # the batch's padding changes nothing
 
 
 @pytest.mark.parametrize("layers", [2, 3])

@@ -63,6 +63,7 @@ class Config(TrainingConfig):
     time_masks: int = 2
     time_mask_width: int = 10
     mel_warp: float = 0.08
+    time_stretch: float = 0.0  # tempo alone in [1 - x, 1 + x] (the pitch stays; 0: off), see time_stretch()
     eq: float = 0.8  # random microphone colour: smooth offsets across mel bands, up to this (in clip stds)
     # Beta(a, a) for mixing each batch's spectrograms with a shuffle of itself; 0: off. Tried at 0.4,
     # leave-one-speaker-out over two seeds: 87.0% against 88.5% without (README), so off
@@ -277,6 +278,30 @@ def mel_warp(spec: Tensor, max_warp: float) -> Tensor:
     return pick(low) * (1 - frac) + pick(high) * frac
 
 
+def time_stretch(
+    spec: Tensor, frames: Tensor, max_stretch: float, max_frames: int, tempo: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Speak each clip faster or slower without moving its pitch: the time axis of the spectrogram
+    is read at `tempo` frames per output frame (linear interpolation), a random factor in
+    [1 - max_stretch, 1 + max_stretch] per clip unless `tempo` gives them. Speakers differ in
+    speaking rate independently of their voice's pitch, which the waveform's speed change couples.
+    The batch keeps its number of frames (static shapes): a clip slowed past it keeps its first
+    `spec.size(-1)` frames (and at most `max_frames`, the model's longest input); the rest is zero.
+    Returns (stretched spectrograms, valid frames per clip)."""
+    b, _, width = spec.shape
+    if tempo is None:
+        tempo = 1 + (torch.rand(b, device=spec.device) * 2 - 1) * max_stretch
+    new_frames = (frames / tempo).round().long().clamp(min=1, max=min(width, max_frames))
+    out = torch.arange(width, device=spec.device)
+    source = torch.minimum(out[None, :] * tempo[:, None], (frames - 1)[:, None].to(tempo.dtype))  # (B, width)
+    low = source.floor().long()
+    high = torch.minimum(low + 1, (frames - 1)[:, None])
+    frac = (source - low)[:, None, :]
+    pick = lambda index: spec.gather(2, index[:, None, :].expand_as(spec))
+    stretched = pick(low) * (1 - frac) + pick(high) * frac
+    return stretched.masked_fill((out[None, :] >= new_frames[:, None])[:, None, :], 0.0), new_frames
+
+
 def random_eq(spec: Tensor, strength: float, components: int = 3) -> Tensor:
     """Add a random smooth curve across the mel bands of each clip: in dB a gain per band is an
     offset, so this plays the clip through a random microphone or room colouration (tilt,
@@ -315,8 +340,11 @@ class AudioModule(TimedModule):
         # the encoder only: the spectrogram front end runs outside the graph
         self.classify = compiled(self.model.classify, config)
 
-    def augment_spectrogram(self, spec: Tensor) -> Tensor:
+    def augment_spectrogram(self, spec: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
         c = self.config
+        if c.time_stretch:
+            max_frames = self.model.config.n_frames(self.model.config.max_samples)
+            spec, frames = time_stretch(spec, frames, c.time_stretch, max_frames)
         if c.mel_warp:
             spec = mel_warp(spec, c.mel_warp)
         if c.eq:
@@ -326,12 +354,12 @@ class AudioModule(TimedModule):
             spec = self.freq_mask(spec)
         for _ in range(c.time_masks):
             spec = self.time_mask(spec)
-        return spec[:, 0]
+        return spec[:, 0], frames
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         waveforms, lengths, digits = batch
         spec, frames = self.model.spectrogram(waveforms, lengths)
-        spec = self.augment_spectrogram(spec)
+        spec, frames = self.augment_spectrogram(spec, frames)
         other, lam = None, 1.0
         if self.config.mixup_alpha:
             spec, frames, other, lam = mixup(spec, frames, self.config.mixup_alpha)
