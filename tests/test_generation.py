@@ -334,14 +334,14 @@ def test_cached_steps_run_on_one_thread_and_give_the_threads_back():
 
 
 @pytest.mark.slow
-def test_shipped_model_writes_the_same_1000_characters_with_and_without_the_cache():
+def test_shipped_model_writes_the_same_400_characters_with_and_without_the_cache():
     if not (folder := ROOT / "checkpoints" / "generation").joinpath("config.json").exists():
         pytest.skip(f"no shipped checkpoint in {folder}")
     model, tokenizer = load_model(folder).eval(), load_tokenizer(folder)
     prompt = tokenizer.encode(tab.EXAMPLES[0][0])
     for temperature in (0.0, 0.8):  # greedy, then sampled with a seed
-        runs = decode_both_ways(model, prompt, 1000, temperature, seed=3, fast=True)  # as the tab decodes
-        assert torch.equal(runs[True][0], runs[False][0])  # token for token, 8 contexts long
+        runs = decode_both_ways(model, prompt, 400, temperature, seed=3, fast=True)  # as the tab decodes
+        assert torch.equal(runs[True][0], runs[False][0])  # token for token, past the 128-token window 3 times
         assert (runs[True][1] - runs[False][1]).abs().max() < 1e-3  # float32: summation order only
 
 
