@@ -84,7 +84,8 @@ def test_gpu_jobs_script_parses_and_refuses_an_unknown_job(tmp_path):
 DRY_RUN = {
     "generation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false",
                    "batch_size=16", "val_windows=128"],
-    "translation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true"],
+    "translation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "max_tokens=2048",
+                    "val_limit=128"],
     "vision": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false",
                "batch_size=64", "val_size=500"],
     "audio": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false",
