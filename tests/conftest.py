@@ -1,5 +1,5 @@
-"""Shared fixtures: where the real datasets are (tests that need them skip when absent), and the
-`gpu` marker's skip."""
+"""Shared fixtures: where the real datasets are (tests that need them skip when absent), one
+`python app.py` for the tests that talk to the app as it ships, and the `gpu` marker's skip."""
 
 from __future__ import annotations
 
@@ -19,6 +19,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the packed datasets at {SHARED_DATA} ($PLAYGROUND_DATA), which this machine lacks")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """The app as it ships, started once for the session (a start costs 10-18 s of CI) and shared by
+    the end-to-end, bad-input, browser, hub, forward-pass and fill-mask tests, which only send it
+    requests. Tests that change its environment (missing or damaged checkpoints, trusted proxies) or
+    hold its one training slot (the Train tab's) start their own."""
+    from tests.app_server import AppServer
+
+    with AppServer() as server:
+        yield server
 
 
 def pytest_collection_modifyitems(config, items):

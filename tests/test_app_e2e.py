@@ -48,10 +48,9 @@ def needs_all_checkpoints() -> None:
 
 
 @pytest.fixture(scope="module")
-def client():
-    needs_all_checkpoints()
-    with AppServer() as server:
-        yield Client(server.url, verbose=False)
+def client(request):
+    needs_all_checkpoints()  # before the app starts
+    return Client(request.getfixturevalue("app_server").url, verbose=False)
 
 
 @pytest.fixture(scope="module")

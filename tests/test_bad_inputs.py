@@ -26,7 +26,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from demos import vision
-from tests.app_server import ROOT, AppServer
+from tests.app_server import ROOT
 
 pytestmark = pytest.mark.slow  # starts the app once (~5 s), then ~0.2 s per case
 
@@ -277,14 +277,13 @@ def bad_files(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(request):
     if not all(
         (ROOT / "checkpoints" / t / "model.safetensors").exists()
         for t in ("generation", "translation", "vision", "audio")
     ):
         pytest.skip("needs the four shipped checkpoints in checkpoints/")
-    with AppServer() as app:
-        yield app
+    return request.getfixturevalue("app_server")
 
 
 @pytest.fixture(scope="module")

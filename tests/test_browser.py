@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageDraw
 
-from tests.app_server import ROOT, AppServer
+from tests.app_server import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -64,9 +64,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server():
-    with AppServer() as running:
-        yield running
+def server(app_server):
+    return app_server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from demos.common import get_model, has_checkpoint
 from models.checkpoint import build_model
 from models.decoding import filter_logits, sample
 from models.introspect import AttentionTrace, FeedForwardTrace, trace_decoder, trace_gpt
-from tests.app_server import AppServer
 
 PROMPT_128 = (
     "ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
@@ -280,11 +279,10 @@ def test_renders_a_128_character_prompt_within_a_second():
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(request):
     if not (has_checkpoint("generation") and has_checkpoint("translation")):
         pytest.skip("needs the shipped generation and translation checkpoints")
-    with AppServer() as server:
-        yield Client(server.url, verbose=False)
+    return Client(request.getfixturevalue("app_server").url, verbose=False)
 
 
 def plot_json(value: dict) -> dict:
@@ -336,14 +334,14 @@ def test_explain_generation_endpoints(client):
 
 
 @pytest.fixture(scope="module")
-def browser_tab():
+def browser_tab(request):
     """test_browser.py's Chromium set-up (imported here: that module skips itself without Chromium)."""
     if not (has_checkpoint("generation") and has_checkpoint("translation")):
         pytest.skip("needs the shipped generation and translation checkpoints")
     from tests import test_browser as setup
 
+    server = request.getfixturevalue("app_server")
     with (
-        AppServer() as server,
         setup.sync_api.sync_playwright() as playwright,
         setup.browser_page(playwright, server.url) as page,
     ):

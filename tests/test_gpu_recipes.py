@@ -83,13 +83,13 @@ def test_gpu_jobs_script_parses_and_refuses_an_unknown_job(tmp_path):
 # call; the README's retraining section gives the same commands with the full validation.
 DRY_RUN = {
     "generation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false",
-                   "batch_size=16", "val_windows=128"],
-    "translation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "max_tokens=2048",
-                    "val_limit=128"],
+                   "batch_size=4", "val_windows=32"],
+    "translation": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "max_tokens=1024",
+                    "val_limit=32"],
     "vision": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false",
-               "batch_size=64", "val_size=500"],
+               "batch_size=32", "val_size=128"],
     "audio": ["max_steps=3", "max_time_s=null", "val_every=3", "precision=32-true", "compile=false",
-              "num_workers=0", "batch_size=32"],
+              "num_workers=0", "batch_size=16"],
 }  # fmt: skip
 
 

@@ -434,6 +434,7 @@ BROKEN_APPS = {
     "config-and-weights": {"generation": "invalid-config", "vision": "truncated-weights", "audio": "invalid-config"},
     "tokenizer-and-weights": {"translation": "missing-tokenizer", "audio": "truncated-weights"},
 }
+CLEANUP_CHECKED_BY = "config-and-weights"  # one app waits for its uploads to be deleted (~12 s)
 CALLS = {  # the API tools (demos/tools.py) exist whether or not a tab could be built
     "generation": ("next_characters", ["ROMEO:", 1.0]),
     "translation": ("translate_text", ["A dog runs.", "English", "German", 1]),
@@ -468,6 +469,8 @@ def test_the_app_starts_with_damaged_checkpoints_and_the_rest_works(tmp_path, na
         page = httpx.get(f"{app.url}config").text  # the tab itself says why it is switched off
         for task in BROKEN_APPS[name]:
             assert f"The {task} model is switched off" in page, task
+        if name != CLEANUP_CHECKED_BY:
+            return
         # uploads are deleted once older than the cleanup's age (10 s here)
         uploaded = upload(app.url, picture)
         assert Path(uploaded).exists()

@@ -258,11 +258,8 @@ def test_each_checkpoint_has_a_model_card(task):
 
 
 @pytest.fixture(scope="module")
-def server():
-    from tests.app_server import AppServer
-
-    with AppServer() as running:
-        yield running
+def server(app_server):
+    return app_server
 
 
 def _schema(server) -> dict[str, dict]:

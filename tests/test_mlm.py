@@ -337,23 +337,20 @@ def test_three_families_side_by_side(tab):
 
 
 @pytest.mark.slow
-def test_endpoints_through_gradio_client(tab):
+def test_endpoints_through_gradio_client(tab, request):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from tests.app_server import AppServer
-
-    with AppServer() as server:
-        client = Client(server.url, verbose=False)
-        filled, details, plot = client.predict("Two [MASK] are playing in the [MASK].", 4, api_name="/fill_mask")
-        assert "[MASK]" not in filled and len(details["blanks"]) == 2
-        assert all(len(blank) == 4 for blank in details["blanks"])
-        expected = tab.fill_mask("Two [MASK] are playing in the [MASK].", 4)
-        assert filled == expected.text
-        assert [c["token"] for c in details["blanks"][0]] == [piece for piece, _ in expected.blanks[0]]
-        with pytest.raises(AppError, match="no blank to fill"):
-            client.predict("Two dogs are playing.", 4, api_name="/fill_mask")
-        figures = client.predict("A man is [MASK] a bike.", api_name="/compare_families")
-        assert len(figures) == 5 and all(f["type"] == "plotly" for f in figures)
-        # the endpoint still answers after a refusal
-        assert "[MASK]" not in client.predict("A [MASK] runs.", 1, api_name="/fill_mask")[0]
+    client = Client(request.getfixturevalue("app_server").url, verbose=False)  # started after tab's check
+    filled, details, plot = client.predict("Two [MASK] are playing in the [MASK].", 4, api_name="/fill_mask")
+    assert "[MASK]" not in filled and len(details["blanks"]) == 2
+    assert all(len(blank) == 4 for blank in details["blanks"])
+    expected = tab.fill_mask("Two [MASK] are playing in the [MASK].", 4)
+    assert filled == expected.text
+    assert [c["token"] for c in details["blanks"][0]] == [piece for piece, _ in expected.blanks[0]]
+    with pytest.raises(AppError, match="no blank to fill"):
+        client.predict("Two dogs are playing.", 4, api_name="/fill_mask")
+    figures = client.predict("A man is [MASK] a bike.", api_name="/compare_families")
+    assert len(figures) == 5 and all(f["type"] == "plotly" for f in figures)
+    # the endpoint still answers after a refusal
+    assert "[MASK]" not in client.predict("A [MASK] runs.", 1, api_name="/fill_mask")[0]
