@@ -24,9 +24,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def app_server():
     """The app as it ships, started once for the session (a start costs 10-18 s of CI) and shared by
-    the end-to-end, bad-input, browser, hub, forward-pass and fill-mask tests, which only send it
-    requests. Tests that change its environment (missing or damaged checkpoints, trusted proxies) or
-    hold its one training slot (the Train tab's) start their own."""
+    the tests that only send it requests (the Train tab's one training slot is freed when a stream
+    ends). Tests that change its environment (missing or damaged checkpoints, trusted proxies) start
+    their own."""
     from tests.app_server import AppServer
 
     with AppServer() as server:

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from demos.train_live import MAX_SECONDS
-from tests.app_server import AppServer
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, WAIT_MS, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -25,13 +24,13 @@ def transformer_steps(panel) -> int:
     return int(re.split(r"\s+", row.strip())[1])
 
 
-def test_a_preset_trains_in_front_of_you():
-    with AppServer() as server, sync_api.sync_playwright() as playwright:
+def test_a_preset_trains_in_front_of_you(app_server):
+    with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(WAIT_MS * 4)  # the first run imports the optimiser (~5 s on a busy machine)
-            page.goto(server.url)
+            page.goto(app_server.url)
             page.get_by_role("tab", name="Train", exact=True).click()
             panel = page.get_by_role("tabpanel")
             panel.get_by_label("Preset (one lesson each)").click()

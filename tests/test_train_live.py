@@ -19,7 +19,6 @@ from models.live_training import LiveRun, Settings, set_attention_knobs
 from models.rnn import RNNConfig, Seq2SeqRNN
 from models.toy_tasks import EOS, SEQ2SEQ_TASKS, TextTask, balanced, is_validation
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
-from tests.app_server import AppServer
 
 torch.set_num_threads(1)
 
@@ -259,7 +258,7 @@ def test_reverse_without_positions_stays_low():
     p = preset("Reverse, no positional")
     bag = train(p.settings(), p.steps).learners[0].history[-1]
     assert bag.val_accuracy <= 0.25 and bag.val_loss > 0.5  # with positions: 98%, loss 0.01 (bench)
-    sort = train(p.settings(task="sort"), 600).learners[0].history[-1]
+    sort = train(p.settings(task="sort"), 400).learners[0].history[-1]  # 72-73% at 400 (seeds 0-2)
     assert sort.val_accuracy >= 0.5  # sorting needs no order: a bag of letters is enough
 
 
@@ -320,9 +319,8 @@ def wait_for(condition, timeout: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def server():
-    with AppServer() as app:
-        yield app
+def server(app_server):
+    return app_server  # the Train tab frees its one training slot when a stream ends (or after STALE_S)
 
 
 @pytest.mark.slow
