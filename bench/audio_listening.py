@@ -53,11 +53,11 @@ def listen(model, prepared: list[torch.Tensor], passes: list[Pass], batch_size: 
         for speed in sorted({s for s, _ in passes}):
             heard = [speed_changed(w, speed, c.sample_rate) for w in prepared[start : start + batch_size]]
             spec, frames = model.spectrogram(*pad_batch(heard))
+            room = F.pad(spec, (0, max(0, max_frames - spec.size(-1))))  # for a slowed clip's frames
             for tempo in sorted(t for s, t in passes if s == speed):
-                if tempo != 1.0:  # room for a slowed clip, then read the frames at `tempo`
-                    padded = F.pad(spec, (0, max(0, max_frames - spec.size(-1))))
+                if tempo != 1.0:  # read the frames at `tempo`
                     rates = torch.full((spec.size(0),), tempo)
-                    stretched, lengths = time_stretch(padded, frames, 0.0, max_frames, tempo=rates)
+                    stretched, lengths = time_stretch(room, frames, 0.0, max_frames, tempo=rates)
                     logits = model.classify(stretched[..., : int(lengths.max())], lengths).logits
                 else:
                     logits = model.classify(spec, frames).logits

@@ -1,6 +1,7 @@
 """`python app.py` in a subprocess, started as a person would start it, on a free port.
 
-The end-to-end, bad-input and browser tests and bench/load.py, bench/startup.py share it: each
+The tests' shared app (`app_server` in tests/conftest.py), the tests that start an app of their own
+(missing or damaged checkpoints, trusted proxies) and bench/load.py, bench/startup.py use it: each
 starts the app, waits until its page answers, talks to it over HTTP and stops it at the end.
 """
 

@@ -21,7 +21,7 @@ from demos import registry
 from demos.vision import OURS
 from tests.app_server import ROOT, AppServer
 
-pytestmark = pytest.mark.slow  # each module starts the app: ~5 s on 2 cores
+pytestmark = pytest.mark.slow  # the shared app (tests/conftest.py), and one more without checkpoints
 
 TASKS = tuple(registry.tasks())  # every model the app has
 ENDPOINTS = {

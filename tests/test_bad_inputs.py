@@ -28,7 +28,7 @@ from PIL import Image
 from demos import vision
 from tests.app_server import ROOT
 
-pytestmark = pytest.mark.slow  # starts the app once (~5 s), then ~0.2 s per case
+pytestmark = pytest.mark.slow  # the shared app (tests/conftest.py), ~0.2 s per case
 
 TIMEOUT_S = 60  # a request slower than this is a hang
 MAX_UPLOAD = 20 * 1024 * 1024  # app.py: max_file_size="20mb"
