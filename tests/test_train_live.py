@@ -4,8 +4,10 @@ it stops when cancelled, it refuses bad input and a second trainer with a senten
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from models.live_training import LiveRun, Settings, set_attention_knobs
 from models.rnn import RNNConfig, Seq2SeqRNN
 from models.toy_tasks import EOS, SEQ2SEQ_TASKS, TextTask, balanced, is_validation
 from models.transformer import EncoderDecoder, EncoderDecoderConfig
+from tests import lessons as lessons_worker
 
 torch.set_num_threads(1)
 
@@ -204,15 +207,38 @@ def test_pause_stops_the_stream_and_play_resumes_the_same_run():
     assert train_live.reset(session)[0].run is None and not train_live._running  # no slot left behind
 
 
-def train(settings: Settings, steps: int) -> LiveRun:
-    run = LiveRun(settings)
-    run.train_for(1e9, max_steps=steps)
-    run.snapshot()
-    return run
-
-
 def preset(start: str):
     return next(p for p in PRESETS if p.name.startswith(start))
+
+
+# Each lesson trains with its change and without it (the contrast): nine runs on one thread each,
+# trained two at a time in worker processes (tests/lessons.py), longest first.
+LESSON_RUNS = {
+    "reverse": ("Reverse, with positions", {"rnn": "none"}),  # transformer alone, 30% sooner (same run: test below)
+    "bag": ("Reverse, no positional", {}),
+    "unscaled": ("No sqrt(d_k)", {}),
+    "scaled": ("No sqrt(d_k)", {"contrast": True}),
+    "cold": ("No warmup", {}),
+    "warm": ("No warmup", {"contrast": True}),
+    "smoothed": ("Label smoothing", {}),
+    "plain": ("Label smoothing", {"contrast": True}),
+    "sort": ("Reverse, no positional", {"task": "sort", "steps": 400}),  # 72-73% at 400 (seeds 0-2)
+}
+
+
+@pytest.fixture(scope="module")
+def lessons():
+    """name -> a future of `tests.lessons.train`'s result for that run."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        futures = {}
+        for name, (start, more) in LESSON_RUNS.items():
+            p, more = preset(start), dict(more)
+            steps = more.pop("steps", p.steps)
+            futures[name] = pool.submit(lessons_worker.train, p.settings(**more), steps)
+        yield {name: future.result for name, future in futures.items()}
+        for future in futures.values():
+            future.cancel()
 
 
 def test_without_the_scaling_wide_heads_start_saturated():
@@ -240,49 +266,41 @@ def test_the_rnn_beside_it_leaves_the_transformers_run_unchanged():
 
 
 @pytest.mark.slow
-def test_reverse_learns_with_positions_and_its_cross_attention_is_the_anti_diagonal():
-    p = preset("Reverse, with positions")
-    run = train(p.settings(rnn="none"), p.steps)  # the preset's transformer (test above), 30% sooner
-    assert run.learners[0].history[-1].val_accuracy >= 0.95
-    weights, queries, keys = run.attention_maps()["cross"]
+def test_reverse_learns_with_positions_and_its_cross_attention_is_the_anti_diagonal(lessons):
+    run = lessons["reverse"]()
+    assert run["last"].val_accuracy >= 0.95
+    weights, queries, keys = run["attention"]["cross"]
     n = len(keys)
     anti_diagonal = weights[:, :, range(n), range(n - 1, -1, -1)].mean(-1)  # (layers, heads)
     assert anti_diagonal.max() > 0.6, anti_diagonal  # some head reads input n-1-i for output i
-    both = LiveRun(p.settings())  # untrained: the count of sequential steps is the models' shape
+    both = LiveRun(preset("Reverse, with positions").settings())  # untrained: the count is the models' shape
     transformer, gru = both.learners
     assert both.sequential_steps(gru) == 2 * n + 1 > both.sequential_steps(transformer) == 4
 
 
 @pytest.mark.slow
-def test_reverse_without_positions_stays_low():
-    p = preset("Reverse, no positional")
-    bag = train(p.settings(), p.steps).learners[0].history[-1]
+def test_reverse_without_positions_stays_low(lessons):
+    bag = lessons["bag"]()["last"]
     assert bag.val_accuracy <= 0.25 and bag.val_loss > 0.5  # with positions: 98%, loss 0.01 (bench)
-    sort = train(p.settings(task="sort"), 400).learners[0].history[-1]  # 72-73% at 400 (seeds 0-2)
+    sort = lessons["sort"]()["last"]
     assert sort.val_accuracy >= 0.5  # sorting needs no order: a bag of letters is enough
 
 
 @pytest.mark.slow
-def test_without_the_scaling_training_stalls():
-    p = preset("No sqrt(d_k)")
-    stalled = train(p.settings(), p.steps).learners[0].history[-1]
-    scaled = train(p.settings(contrast=True), p.steps).learners[0].history[-1]
+def test_without_the_scaling_training_stalls(lessons):
+    stalled, scaled = (lessons[name]()["last"] for name in ("unscaled", "scaled"))
     assert stalled.val_loss > scaled.val_loss + 0.5 and scaled.val_accuracy > stalled.val_accuracy + 0.2
 
 
 @pytest.mark.slow
-def test_without_warmup_a_high_learning_rate_crawls():
-    p = preset("No warmup")
-    cold = train(p.settings(), p.steps).learners[0].history[-1]
-    warm = train(p.settings(contrast=True), p.steps).learners[0].history[-1]
+def test_without_warmup_a_high_learning_rate_crawls(lessons):
+    cold, warm = (lessons[name]()["last"] for name in ("cold", "warm"))
     assert cold.val_loss > warm.val_loss + 0.5 and warm.val_accuracy > cold.val_accuracy + 0.3
 
 
 @pytest.mark.slow
-def test_label_smoothing_brings_confidence_closer_to_accuracy():
-    p = preset("Label smoothing")
-    smoothed, plain = (train(p.settings(contrast=c), p.steps) for c in (False, True))
-    smoothed, plain = smoothed.calibration(smoothed.learners[0]), plain.calibration(plain.learners[0])
+def test_label_smoothing_brings_confidence_closer_to_accuracy(lessons):
+    smoothed, plain = (lessons[name]()["calibration"] for name in ("smoothed", "plain"))
     assert smoothed["ece"] < plain["ece"], (smoothed, plain)
 
 
