@@ -228,17 +228,16 @@ LESSON_RUNS = {
 
 @pytest.fixture(scope="module")
 def lessons():
-    """name -> a future of `tests.lessons.train`'s result for that run."""
+    """name -> a call that waits for that run and returns `tests.lessons.train`'s result."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
-    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        futures = {}
-        for name, (start, more) in LESSON_RUNS.items():
-            p, more = preset(start), dict(more)
-            steps = more.pop("steps", p.steps)
-            futures[name] = pool.submit(lessons_worker.train, p.settings(**more), steps)
-        yield {name: future.result for name, future in futures.items()}
-        for future in futures.values():
-            future.cancel()
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=context)
+    futures = {}
+    for name, (start, more) in LESSON_RUNS.items():
+        p, more = preset(start), dict(more)
+        steps = more.pop("steps", p.steps)
+        futures[name] = pool.submit(lessons_worker.train, p.settings(**more), steps)
+    yield {name: future.result for name, future in futures.items()}
+    pool.shutdown(cancel_futures=True)  # runs no selected test waits for are not started
 
 
 def test_without_the_scaling_wide_heads_start_saturated():
