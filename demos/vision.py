@@ -325,8 +325,8 @@ def build() -> None:
         with gr.Column():
             label = gr.Label(num_top_classes=5, label="Top 5")
             with gr.Row():
-                view = gr.Image(label="What the model saw (its input size)", interactive=False)
-                rollout = gr.Image(label="Attention rollout (CLS to patches)", interactive=False)
+                view = gr.Image(label="The model's input", interactive=False)
+                rollout = gr.Image(label="Attention rollout", interactive=False)
     with gr.Row():
         with gr.Column():
             gr.Markdown(
