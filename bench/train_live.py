@@ -95,7 +95,7 @@ def main() -> dict:
                 busy[name] += times
         thread.join()
     status = outcome.get("status", "")
-    steps = [int(row.split("|")[2]) for row in status.splitlines() if row.startswith("| transformer")]
+    steps = [int(row.split("|")[2]) for row in status.splitlines() if row.startswith("| steps |")]
     result = {
         "idle": stats(idle),
         "while_training": stats(busy),

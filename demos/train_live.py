@@ -199,20 +199,38 @@ def _keep(session: Session) -> None:
                 old.run, old.last = None, None
 
 
+FIGURES = (
+    "steps",
+    "seconds of training",
+    "train loss",
+    "validation loss",
+    "validation accuracy",
+    "accuracy on longer inputs",
+    "sequential steps per example",
+    "confidence / accuracy (ECE)",
+)
+
+
 def status_table(snapshot: Snapshot, run: LiveRun) -> str:
-    rows = [
-        "| model | steps | seconds training | train loss | validation loss | validation accuracy | longer inputs "
-        "| sequential steps per example | confidence / accuracy (ECE) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    """One column per model, one row per figure: two narrow columns fit beside the controls."""
+    columns = {}
     for name, points in snapshot.histories.items():
         p, cal = points[-1], snapshot.calibration[name]
-        state = " **diverged**" if snapshot.diverged[name] else ""
-        rows.append(
-            f"| {name}{state} | {p.step} | {p.time_s:.1f} | {p.train_loss:.3f} | {p.val_loss:.3f} "
-            f"| {p.val_accuracy:.0%} | {p.heldout_accuracy:.0%} | {snapshot.sequential_steps[name]} "
-            f"| {cal['confidence']:.2f} / {cal['accuracy']:.2f} ({cal['ece']:.3f}) |"
+        header = f"{name} **diverged**" if snapshot.diverged[name] else name
+        columns[header] = (
+            f"{p.step}",
+            f"{p.time_s:.1f}",
+            f"{p.train_loss:.3f}",
+            f"{p.val_loss:.3f}",
+            f"{p.val_accuracy:.0%}",
+            f"{p.heldout_accuracy:.0%}",
+            f"{snapshot.sequential_steps[name]}",
+            f"{cal['confidence']:.2f} / {cal['accuracy']:.2f} ({cal['ece']:.3f})",
         )
+    rows = ["| | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    rows += [
+        f"| {figure} | " + " | ".join(values) + " |" for figure, *values in zip(FIGURES, *columns.values(), strict=True)
+    ]
     task = run.task
     lengths = (
         f"context {task.context}, held-out context {task.heldout_context}"

@@ -65,12 +65,13 @@ def learning_curves(histories: dict[str, list[Point]]) -> go.Figure:
 def attention_grid(weights: np.ndarray, query_labels: list[str], key_labels: list[str], title: str) -> go.Figure:
     """weights (layers, heads, T_query, T_key) -> one small heatmap per layer (row) and head (column)."""
     layers, heads = weights.shape[:2]
+    height = min(1000, 80 + 170 * layers)
     fig = make_subplots(
         rows=layers,
         cols=heads,
         subplot_titles=[f"layer {i + 1} head {j + 1}" for i in range(layers) for j in range(heads)],
         horizontal_spacing=0.02,
-        vertical_spacing=0.06,
+        vertical_spacing=42 / height,  # room for a row's key labels and the next row's titles
     )
     x, y = plot_labels(key_labels), plot_labels(query_labels)
     for i in range(layers):
@@ -82,10 +83,12 @@ def attention_grid(weights: np.ndarray, query_labels: list[str], key_labels: lis
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=0, tickfont={"size": 9})
     fig.update_yaxes(tickfont={"size": 9})
+    for j in range(2, heads + 1):  # every head of a layer reads the same queries: labels on the first only
+        fig.update_yaxes(showticklabels=False, col=j)
     fig.update_annotations(font_size=10)
     fig.update_layout(
         title={"text": title, "x": 0.0, "font": {"size": 13}},
-        height=min(1000, 80 + 170 * layers),
+        height=height,
         margin={"l": 40, "r": 10, "t": 60, "b": 20},
     )
     return fig

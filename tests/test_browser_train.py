@@ -20,8 +20,11 @@ if not CHROMIUM.exists():
 
 
 def transformer_steps(panel) -> int:
-    row = panel.locator("tr", has_text="transformer").first.inner_text()
-    return int(re.split(r"\s+", row.strip())[1])
+    """The status table's "steps" row, first model's column (the transformer's); -1 before it is drawn."""
+    for row in panel.locator("tr").all_inner_texts():
+        if re.match(r"steps\s+\d", row.strip()):
+            return int(row.split()[1])
+    return -1
 
 
 def test_a_preset_trains_in_front_of_you(app_server):
@@ -42,13 +45,14 @@ def test_a_preset_trains_in_front_of_you(app_server):
             seconds.fill(str(MAX_SECONDS))
             seconds.press("Enter")
             panel.get_by_role("button", name="Play", exact=True).click()
-            panel.locator("tr", has_text="transformer").first.wait_for()
+            panel.locator("th", has_text="transformer").first.wait_for()
             first = transformer_steps(panel)
+            assert first >= 0, "the status table should have a steps row"
             end = time.monotonic() + WAIT_MS / 1000
             while transformer_steps(panel) <= first and time.monotonic() < end:
                 page.wait_for_timeout(250)
             assert transformer_steps(panel) > first, "the step count should grow while it plays"
-            assert panel.locator("tr", has_text="GRU + ATTENTION").count() >= 1
+            assert panel.locator("th", has_text="GRU + ATTENTION").count() >= 1
             panel.get_by_text("layer 2 head 4").first.wait_for()  # every layer and head of the cross-attention
             panel.get_by_role("button", name="Pause", exact=True).click()
             screenshot(page, "train")

@@ -319,7 +319,7 @@ def knobs(seconds: float = 20, **changes) -> tuple:
 
 
 def steps_in(status: str) -> int:
-    return int(next(row for row in status.splitlines() if row.startswith("| transformer")).split("|")[2])
+    return int(next(row for row in status.splitlines() if row.startswith("| steps |")).split("|")[2])
 
 
 def cpu_seconds(pid: int) -> float:
