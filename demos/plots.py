@@ -49,13 +49,13 @@ def attention_heatmap(
         title = f"{title}<br><sub>colours saturate at the 99th percentile; hover for exact weights</sub>"
     # the key labels stand on top, slanted; the title goes above them, in a top margin sized for
     # both, so the cells keep their room (~24 px a row) however long the labels are
-    label_room = min(120, 10 + 6 * max((len(k) for k in key_labels), default=1))
+    label_room = min(120, 14 + 7 * max((len(k) for k in key_labels), default=1))
     top = 60 + label_room
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "top", "pad": {"t": 10, "l": 8}},
         xaxis={
             "title": {"text": key_axis, "standoff": 2},
-            "tickangle": -45,
+            "tickangle": -45 if len(key_labels) <= 40 else -90,  # upright labels need less room side by side
             "side": "top",
             "automargin": False,
             **every_tick(len(key_labels)),
