@@ -288,7 +288,8 @@ def stream_figure(trace: ForwardTrace, p: int, query: str) -> go.Figure:
     fig.update_layout(
         title=f"What each sub-layer adds to the residual stream at position {html.escape(query)}",
         barmode="group",
-        xaxis={"type": "category"},
+        # the bars name the layers first: without an order the embedding would stand after the last layer
+        xaxis={"type": "category", "categoryorder": "array", "categoryarray": ["embedding", *layers]},
         yaxis_title="L2 norm",
         height=330,
         margin={"l": 50, "r": 10, "t": 50, "b": 40},

@@ -195,6 +195,8 @@ def test_logit_lens_and_residual_stream_views():
     assert rows[-1][1].startswith(top + " ")  # the last read-out is the model's own prediction
     figure = fp.views.stream_figure(walk.trace, 10, "10")
     ffn_norms = figure.data[1].y
+    stages = ["embedding"] + [f"layer {i + 1}" for i in range(walk.trace.n_layers)]
+    assert list(figure.layout.xaxis.categoryarray) == stages  # the stream read left to right, input first
     assert ffn_norms[0] == pytest.approx(float(walk.trace.layers[0][1].output[10].norm()))
 
 
