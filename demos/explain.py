@@ -169,7 +169,7 @@ def explain_character(explanation: Explanation, index) -> CharacterView:
     if chosen not in order:
         order.append(chosen)
     series = [("T = 1", plain), (f"T = {explanation.temperature:g}", tempered), ("after the cut: drawn from", probs)]
-    title = f"Character {i} ({label(chosen)}): what it was drawn from (red: the one drawn)"
+    title = f"Character {i} ({label(chosen)}): what it was drawn from"
     distribution = views.probability_figure(series, label, title, highlight=chosen, order=order)
     weights, keys = character_attention(explanation, i)
     mean = weights.mean(1).numpy()  # heads averaged, per layer

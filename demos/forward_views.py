@@ -234,6 +234,9 @@ def activation_figure(ff: FeedForwardTrace, p: int) -> go.Figure:
     return fig
 
 
+SERIES_COLOURS = ("#c6dbef", "#6baed6", "#1f77b4")  # earlier series lighter, the last the darkest; none red
+
+
 def probability_figure(
     series: list[tuple[str, Tensor]],
     label,
@@ -242,23 +245,19 @@ def probability_figure(
     ylabel: str = "probability",
     order: list[int] | None = None,
 ) -> go.Figure:
-    """Grouped bars over `order` (default: the TOP_N tokens of the last series), best first;
-    the `highlight` token's bar of the last series in red."""
+    """Grouped bars over `order` (default: the TOP_N tokens of the last series), best first, in
+    shades of blue; the `highlight` token is marked "drawn" in red above its bars."""
     if order is None:
         order = series[-1][1].topk(min(TOP_N, series[-1][1].numel())).indices.tolist()
     names = [f"{label(i)}" for i in order]
     fig = go.Figure()
-    for name, values in series:
-        y = [float(values[i]) for i in order]
-        last = name == series[-1][0]
-        colours = (
-            ["#d62728" if i == highlight else "#1f77b4" for i in order] if last and highlight is not None else None
-        )
+    for k, (name, values) in enumerate(series):
+        colour = SERIES_COLOURS[max(0, len(SERIES_COLOURS) - len(series) + k)]
         fig.add_bar(
             x=names,
-            y=y,
+            y=[float(values[i]) for i in order],
             name=name,
-            marker={"color": colours} if colours else None,
+            marker_color=colour,
             hovertemplate="%{x}: %{y:.4f}<extra>" + html.escape(name) + "</extra>",
         )
     fig.update_layout(
@@ -269,6 +268,14 @@ def probability_figure(
         height=330,
         margin={"l": 50, "r": 10, "t": 50, "b": 40},
     )
+    if highlight is not None and highlight in order:
+        tallest = max(float(values[highlight]) for _, values in series)
+        fig.add_annotation(
+            x=names[order.index(highlight)], y=tallest, text="drawn", showarrow=True, arrowhead=2,
+            arrowcolor="#d62728", font={"color": "#d62728"}, ay=-22,
+        )  # fmt: skip
+        top = max(float(values[i]) for _, values in series for i in order)
+        fig.update_yaxes(range=[0, top * 1.25])  # room for the mark above the tallest bar
     return fig
 
 

@@ -200,6 +200,18 @@ def test_logit_lens_and_residual_stream_views():
     assert ffn_norms[0] == pytest.approx(float(walk.trace.layers[0][1].output[10].norm()))
 
 
+def test_the_drawn_token_is_marked_apart_from_the_series_colours():
+    plain = torch.tensor([0.1, 0.5, 0.4])
+    cut = torch.tensor([0.0, 0.6, 0.4])
+    figure = fp.views.probability_figure([("T = 1", plain), ("after the cut", cut)], "abc".__getitem__, "", highlight=2)
+    assert [bar.x for bar in figure.data] == [("b", "c", "a")] * 2  # best of the last series first
+    (mark,) = figure.layout.annotations
+    assert (mark.x, mark.y, mark.text) == ("c", pytest.approx(0.4), "drawn")
+    colours = [bar.marker.color for bar in figure.data]
+    assert len(set(colours)) == 2 and mark.font.color not in colours  # the mark's red is no series' colour
+    assert figure.layout.yaxis.range[1] > 0.6  # room above the tallest bar
+
+
 @needs_generation
 def test_every_generated_character_has_the_samplers_distribution():
     model, _ = get_model("generation")
