@@ -50,9 +50,9 @@ def attention_heatmap(
     # the key labels stand on top, slanted; the title goes above them, in a top margin sized for
     # both, so the cells keep their room (~24 px a row) however long the labels are
     label_room = min(120, 14 + 7 * max((len(k) for k in key_labels), default=1))
-    top = 60 + label_room
+    top = 86 + label_room  # the title and its note (~64 px from the top), the axis title, the labels
     fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "top", "pad": {"t": 10, "l": 8}},
+        title={"text": title, "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "top", "pad": {"t": 24, "l": 8}},
         xaxis={
             "title": {"text": key_axis, "standoff": 2},
             "tickangle": -45 if len(key_labels) <= 40 else -90,  # upright labels need less room side by side
