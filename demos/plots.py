@@ -47,8 +47,8 @@ def attention_heatmap(
     )
     if title:
         title = f"{title}<br><sub>colours saturate at the 99th percentile; hover for exact weights</sub>"
-    # the key labels stand on top, slanted; the title goes above them, in a top margin sized for
-    # both, so the cells keep their room (~24 px a row) however long the labels are
+    # the key labels stand on top, slanted (upright past 40); the title goes above them, in a top
+    # margin sized for both, so the cells keep their room (~24 px a row) however long the labels are
     label_room = min(120, 14 + 7 * max((len(k) for k in key_labels), default=1))
     top = 86 + label_room  # the title and its note (~64 px from the top), the axis title, the labels
     fig.update_layout(
