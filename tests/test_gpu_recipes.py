@@ -66,7 +66,8 @@ def test_vision_gpu_recipe_fits_the_parameter_budget():
 
 def test_gpu_jobs_script_parses_and_refuses_an_unknown_job(tmp_path):
     script = ROOT / "scripts" / "gpu_jobs.sh"
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    for checked in (script, ROOT / "scripts" / "gpu_image_check.sh"):  # the second runs the first's dry runs
+        assert subprocess.run(["bash", "-n", str(checked)], capture_output=True).returncode == 0, checked
     done = subprocess.run(
         ["bash", str(script), "nonsense"], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True
     )
