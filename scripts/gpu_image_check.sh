@@ -3,10 +3,10 @@
 # instead of this project's: Python 3.12, torch 2.11.0, torchvision 0.26.0, torchaudio 2.11.0,
 # Lightning 2.6.6, and neither gradio nor soundfile, which that image does not have. Code that
 # leans on something newer than torch 2.11, or imports the app's packages, fails here on the CPU
-# instead of on the GPU's clock. The venv is made once (torch 2.11 from PyPI: ~4 GB with the CUDA
-# libraries it pulls in, which the CPU never loads).
+# instead of on the GPU's clock. The venv is made once (torch 2.11 from PyPI: 4.9 GB with the CUDA
+# libraries it pulls in, which the CPU never loads; ~3 min to fetch here).
 #
-#   DATA=DATA bash scripts/gpu_image_check.sh                  # every job (~25 min on 2 busy cores)
+#   DATA=DATA bash scripts/gpu_image_check.sh                  # every job (~40 min on one core; genablate ~20)
 #   DATA=DATA bash scripts/gpu_image_check.sh short vision     # some
 #
 # Each job's output lands in $OUT/<job>.out (default /tmp/gpu-image-check); the last lines say
