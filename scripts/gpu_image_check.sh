@@ -27,7 +27,7 @@ fi
 
 mkdir -p "$OUT"
 jobs=("$@")
-[[ ${#jobs[@]} -gt 0 ]] || jobs=(stepcheck vision short translation mlm genablate)
+[[ ${#jobs[@]} -gt 0 ]] || jobs=(stepcheck gencheck vision short translation mlm genablate)
 failed=0
 for job in "${jobs[@]}"; do
     start=$(date +%s)

@@ -8,14 +8,20 @@
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh short        # generation + audio + attention bench
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh translation  # ~9 min: train, four directions, beam 4
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh mlm
-#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh stepcheck    # ~3 min: where a training step's time goes
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh stepcheck    # ~3 min: vision's step, as written and with CUDA graphs
+#   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh gencheck     # ~2 min: the same for generation
 #   DATA=data OUT=$OUT bash scripts/gpu_jobs.sh genablate    # 6 generation runs: what each choice buys
 #
 # stepcheck comes first in a session whose last runs were slower per step than planned: 300 steps
-# of vision (as written, then with CUDA graphs) and of generation, each profiled from step 200
-# (runs/check-*/<task>/profile.txt: wall vs device-busy per step, the costliest ops), nothing
-# exported, and the host's own speed (bench/host.py: a Python loop, one kernel launch), so a fix
-# can go in before the long runs of the same session.
+# of vision as written, then with CUDA graphs (compile_mode=reduce-overhead), each profiled from
+# step 200 (runs/check-*/<task>/profile.txt: wall vs device-busy per step, the costliest ops),
+# nothing exported, and the host's own speed (bench/host.py: a Python loop, one kernel launch).
+# scripts/compile_choice.py then keeps CUDA graphs only if they finished, kept the loss and made
+# the step at least 10% faster, and writes the choice to $CHOICES/vision.sets (runs/gpu-choices,
+# ignored by git, so it stays on the warm machine between calls); the vision job reads it. So the
+# next call can be the vision job at once, before the machine goes back: nobody has to read the
+# check first. gencheck does the same for generation ($CHOICES/generation.sets; read by the
+# generation and short jobs).
 #
 # short's three parts also run alone (generation, audio, attention: a few minutes each), to fill
 # what a session has left after a longer job.
@@ -30,16 +36,18 @@
 # (python -m bench.confidence vision --fit) and rerun bench/vision.py and bench/vision_corruptions.py.
 set -euo pipefail
 
-job=${1:?"which job: vision, short (or one of its parts: generation, audio, attention), translation, mlm, stepcheck or genablate"}
+job=${1:?"which job: vision, short (or one of its parts: generation, audio, attention), translation, mlm, stepcheck, gencheck or genablate"}
 DATA=${DATA:-data}
 OUT=${OUT:-/tmp/gpu-jobs}
 DRY=${DRY:-}
 work=$(mktemp -d)
+CHOICES=${CHOICES:-runs/gpu-choices}  # per task, the --set values a step check chose on this machine
 mkdir -p "$OUT"
 exec > >(tee "$OUT/$job.log") 2>&1
 
 dry_sets=(max_steps=3 max_time_s=null val_every=3 precision=32-true compile=false)  # the dry run's --set values
 if [[ -n $DRY ]]; then
+    CHOICES=$work/choices  # a dry run's choices are about this CPU: never left for a GPU job
     checkpoints=$work/checkpoints
     dry=(--accelerator cpu --set "${dry_sets[@]}")
     limit=(--limit 20)
@@ -55,9 +63,20 @@ train() {  # task, config, extra --set values for the dry run; the checkpoint is
     # so that a call cut off later (scoring, the next task) still brings it back
     local task=$1 config=$2
     shift 2
+    local device=() sets=() chosen=()
+    if [[ -n $DRY ]]; then
+        device=(--accelerator cpu)
+        sets=("${dry_sets[@]}" "$@")
+    fi
+    if [[ -s $CHOICES/$task.sets ]]; then  # what a step check found faster on this machine
+        mapfile -t chosen < "$CHOICES/$task.sets"
+        echo "== $task with ${chosen[*]}, chosen by the step check ($CHOICES/$task.sets)"
+        sets+=("${chosen[@]}")
+    fi
+    if ((${#sets[@]})); then sets=(--set "${sets[@]}"); fi
     echo "== train $task ($config) $(date -u +%H:%M:%S)"
     python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" \
-        --out "$checkpoints/$task" --log-dir "$work/runs" --profile "$profile" "${dry[@]}" ${DRY:+"$@"}
+        --out "$checkpoints/$task" --log-dir "$work/runs" --profile "$profile" "${device[@]}" "${sets[@]}"
     tar czf "$OUT/$task.tgz" -C "$(dirname "$checkpoints/$task")" "$task"
 }
 
@@ -84,7 +103,25 @@ step_check() {  # task, config, label, extra --set values: 300 steps profiled fr
     timeout "$limit" python -m training.train "$task" --config "training/configs/$config" \
         --data-dir "$DATA" --no-export \
         --log-dir "$work/runs/check-$label" --profile "$profile_from" "${device[@]}" --set "${sets[@]}" \
+        2>&1 | tee "$work/check-$label.out" \
         || echo "== step check $task $label failed or ran out of time: $?"  # a finding, not the end
+}
+
+compile_check() {  # task, config, extra --set values: as written, then with CUDA graphs; the choice
+    # goes to $CHOICES/<task>.sets for the task's next training on this machine
+    local task=$1 config=$2
+    shift 2
+    step_check "$task" "$config" "$task" "$@"
+    step_check "$task" "$config" "$task-cudagraphs" compile_mode=reduce-overhead "$@"
+    python -m scripts.compile_choice --baseline "$work/check-$task.out" \
+        --candidate "$work/check-$task-cudagraphs.out" compile_mode=reduce-overhead --write "$CHOICES/$task.sets"
+    mkdir -p "$work/choices" && cp "$CHOICES/$task.sets" "$work/choices/" 2>/dev/null || true  # into the logs
+}
+
+show_profiles() {
+    for report in "$work"/runs/check-*/*/profile.txt; do
+        if [[ -e $report ]]; then echo "-- ${report#"$work"/runs/}"; head -n 3 "$report"; fi
+    done
 }
 
 attention_bench() {  # the attention table on the GPU; the dry run times two small sizes on the CPU
@@ -100,6 +137,7 @@ pack() {  # the metrics JSON and training logs (the checkpoints were packed afte
     echo "== pack $(date -u +%H:%M:%S)"
     local items=()
     if [[ -d $work/runs ]]; then items+=(runs); fi
+    if [[ -d $work/choices ]]; then items+=(choices); fi
     for file in "$work"/*.json; do
         if [[ -e $file ]]; then items+=("$(basename "$file")"); fi
     done
@@ -148,12 +186,13 @@ mlm)
 stepcheck)
     python -m bench.host --device "$([[ -n $DRY ]] && echo cpu || echo cuda)" | tee "$work/host.json"
     small=$([[ -n $DRY ]] && echo val_size=500 || true)  # (dry run: validate on 500 images)
-    step_check vision vision-gpu.yaml vision $small
-    step_check vision vision-gpu.yaml vision-cudagraphs compile_mode=reduce-overhead $small
-    step_check generation generation-gpu.yaml generation
-    for report in "$work"/runs/check-*/*/profile.txt; do
-        if [[ -e $report ]]; then echo "-- ${report#"$work"/runs/}"; head -n 3 "$report"; fi
-    done
+    compile_check vision vision-gpu.yaml $small
+    show_profiles
+    pack
+    ;;
+gencheck)
+    compile_check generation generation-gpu.yaml
+    show_profiles
     pack
     ;;
 genablate)  # each run: ~35 s of start and compile + 1000 steps (~5 min in all at 10 ms a step)
@@ -166,7 +205,7 @@ genablate)  # each run: ~35 s of start and compile + 1000 steps (~5 min in all a
     pack
     ;;
 *)
-    echo "unknown job $job: vision, short, generation, audio, attention, translation, mlm, stepcheck or genablate" >&2
+    echo "unknown job $job: vision, short, generation, audio, attention, translation, mlm, stepcheck, gencheck or genablate" >&2
     exit 2
     ;;
 esac

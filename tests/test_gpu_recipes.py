@@ -139,3 +139,77 @@ def test_host_probe_reports_this_machine(capsys):
     cpu = report["ops"]["cpu"]
     assert 0 < cpu["issue_us"] < 10_000 and 0 < cpu["issue_and_wait_us"] < 10_000
     assert "cuda" not in report["ops"]  # the GPU is timed only when asked for
+
+
+def _check_output(path: Path, step_ms: float | None, loss: float | None, finished: bool = True) -> Path:
+    """What a step check leaves: training's log lines, then (if it finished) its summary line."""
+    lines = ["Epoch 0: 100%| 300/300", "{not the summary}"]
+    if finished:
+        last = {"step": 300, "val/loss": loss} if loss is not None else None
+        lines.append(json.dumps({"task": "vision", "steps": 300, "step_ms": step_ms, "last_validation": last}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("candidate", "taken"),
+    [
+        ((20.0, 1.50), True),  # 37 -> 20 ms, same loss: CUDA graphs go into the long run
+        ((35.0, 1.50), False),  # 5% faster: not worth a mode the long run has not used
+        ((20.0, float("nan")), False),  # faster but broken
+        ((20.0, 1.80), False),  # faster but the loss moved: something computes differently
+        ((None, 1.50), False),  # too few steps to time
+        (None, False),  # crashed or ran out of time: no summary
+    ],
+)
+def test_compile_choice_keeps_cuda_graphs_only_when_they_finish_faster_with_the_same_loss(tmp_path, candidate, taken):
+    from scripts import compile_choice
+
+    baseline = _check_output(tmp_path / "base.out", 37.0, 1.50)
+    if candidate is None:
+        cand = _check_output(tmp_path / "cand.out", None, None, finished=False)
+    else:
+        cand = _check_output(tmp_path / "cand.out", *candidate)
+    choice = tmp_path / "choices" / "vision.sets"
+    argv = [
+        "--baseline",
+        str(baseline),
+        "--candidate",
+        str(cand),
+        "compile_mode=reduce-overhead",
+        "--write",
+        str(choice),
+    ]
+    assert compile_choice.main(argv) is taken
+    assert choice.read_text() == ("compile_mode=reduce-overhead\n" if taken else "")
+
+
+def test_gpu_jobs_train_with_what_the_step_check_chose(tmp_path):
+    """The vision job reads the choice the step check left on the machine and trains with it: the
+    dry run's command line (3 steps on the CPU) carries the chosen setting after the dry run's own."""
+    choices = tmp_path / "choices"
+    choices.mkdir()
+    (choices / "vision.sets").write_text("compile_mode=reduce-overhead\n")
+    script = (ROOT / "scripts" / "gpu_jobs.sh").read_text()
+    train = script[script.index("train() {") : script.index("score() {")]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "ARGS $*"\n')
+    (fake / "python").chmod(0o755)
+    driver = f"""set -euo pipefail
+DRY=1 CHOICES={choices} checkpoints={tmp_path}/ckpt work={tmp_path} DATA=data OUT={tmp_path} profile=1
+dry_sets=(max_steps=3 compile=false)
+{train}
+mkdir -p {tmp_path}/ckpt/vision
+train vision vision-gpu.yaml val_size=500
+"""
+    done = subprocess.run(
+        ["bash", "-c", driver],
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    args = next(line for line in done.stdout.splitlines() if line.startswith("ARGS "))
+    assert args.endswith("--set max_steps=3 compile=false val_size=500 compile_mode=reduce-overhead"), args
+    assert "chosen by the step check" in done.stdout

@@ -55,6 +55,24 @@ def test_the_gpu_optimizer_is_one_lightning_can_clip(monkeypatch):
     assert unclipped.defaults["fused"]  # nothing to clip: the whole update in one kernel
 
 
+def test_step_time_is_the_median_window_so_a_slow_window_does_not_count(monkeypatch):
+    """`step_ms` (the train summary's steady-state step time, which the GPU step checks compare):
+    one window slowed by a validation or a profiler must not move it; a mark per step, not per batch."""
+    now = [0.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+    clock = common.TrainingClock(max_steps=10**6, max_time_s=None)
+    trainer = FakeTrainer()
+    every = clock.MARK_EVERY
+    clock.on_train_batch_end(trainer, None)  # the first (compiling) step
+    assert clock.step_ms() is None
+    for trainer.global_step in range(1, 4 * every + 1):
+        now[0] += 0.010 if trainer.global_step <= 2 * every or trainer.global_step > 3 * every else 0.100
+        clock.on_train_batch_end(trainer, None)
+        clock.on_train_batch_end(trainer, None)  # a second micro-batch of the same optimizer step
+    assert len(clock.marks) == 4  # steps 50, 100, 150, 200: windows of 10, 100 (slowed) and 10 ms a step
+    assert clock.step_ms() == pytest.approx(10.0)
+
+
 def test_schedule_without_a_time_budget_counts_steps(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(common.time, "monotonic", lambda: now[0])

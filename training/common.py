@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import statistics
 import time
 import urllib.request
 import warnings
@@ -146,10 +147,23 @@ class TrainingClock(L.Callback):
     rank 0's reading (every `every` steps), so learning rates and the stop agree across ranks.
     A LightningModule hands it to the Trainer from `configure_callbacks`."""
 
+    MARK_EVERY = 50  # steps between the time marks that `step_ms` reads
+
     def __init__(self, max_steps: int, max_time_s: float | None, every: int = 10):
         self.max_steps, self.max_time_s, self.every = max_steps, max_time_s, every
         self.start: float | None = None  # time.monotonic() after the first step
         self.time_progress = 0.0
+        self.marks: list[float] = []  # time.monotonic() at every MARK_EVERY-th step
+        self._marked_step: int | None = None
+
+    def step_ms(self) -> float | None:
+        """Milliseconds per optimizer step in steady state: the median over windows of
+        MARK_EVERY steps, so a window with a validation or a profiler in it does not count
+        (the mean since the first step would); None before two marks."""
+        windows = [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        if not windows:
+            return None
+        return 1e3 * statistics.median(windows) / self.MARK_EVERY
 
     def elapsed(self) -> float:
         return 0.0 if self.start is None else time.monotonic() - self.start
@@ -162,6 +176,9 @@ class TrainingClock(L.Callback):
         if self.start is None:
             self.start = time.monotonic()
             return
+        if trainer.global_step % self.MARK_EVERY == 0 and trainer.global_step != self._marked_step:
+            self.marks.append(time.monotonic())
+            self._marked_step = trainer.global_step
         if not self.max_time_s:
             return
         if trainer.world_size > 1:

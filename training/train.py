@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": str(config_path),
         "steps": trainer.global_step,
         "train_wall_s": round(time.time() - fit_start, 1),
+        "step_ms": None if (ms := module.clock.step_ms()) is None else round(ms, 2),  # steady state
         "process_wall_s": round(time.time() - process_start_time(), 1),
         "time_to_target_s": clock.reached_at,
         "target": {target_metric: target_value} if target_metric else None,
