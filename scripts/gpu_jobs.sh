@@ -23,6 +23,11 @@
 # check first. gencheck does the same for generation ($CHOICES/generation.sets; read by the
 # generation and short jobs).
 #
+# A session's device time is counted: when less is left than a job needs (a slow start, a long
+# check), CALL_S=<the call's limit in seconds> shortens each training's max_time_s so that
+# training, scoring and packing end inside the call (RESERVE_S, default 150 s, is kept for all
+# but training) instead of the call being killed before the checkpoint is written.
+#
 # short's three parts also run alone (generation, audio, attention: a few minutes each), to fill
 # what a session has left after a longer job.
 #
@@ -42,6 +47,10 @@ OUT=${OUT:-/tmp/gpu-jobs}
 DRY=${DRY:-}
 work=$(mktemp -d)
 CHOICES=${CHOICES:-runs/gpu-choices}  # per task, the --set values a step check chose on this machine
+CALL_S=${CALL_S:-}  # seconds this call may run (the run tool's limit_s): training is cut to fit
+RESERVE_S=${RESERVE_S:-150}  # what a task needs besides training: start, compile, validations, export, scoring
+job_start=$(date +%s)
+skipped=()  # tasks whose training did not fit in the call
 mkdir -p "$OUT"
 exec > >(tee "$OUT/$job.log") 2>&1
 
@@ -73,6 +82,22 @@ train() {  # task, config, extra --set values for the dry run; the checkpoint is
         echo "== $task with ${chosen[*]}, chosen by the step check ($CHOICES/$task.sets)"
         sets+=("${chosen[@]}")
     fi
+    if [[ -n $CALL_S ]]; then  # train only for what this call has left, so the checkpoint comes back
+        local budget left fits
+        budget=$(python -c 'import sys, yaml; print(int(float(yaml.safe_load(open(sys.argv[1])).get("max_time_s") or 0)))' \
+            "training/configs/$config")
+        left=$((job_start + CALL_S - $(date +%s)))
+        fits=$((left - RESERVE_S))
+        if ((fits < 60)); then
+            echo "== $task: only $left s left in this call, too little to train (RESERVE_S=$RESERVE_S): skipped"
+            skipped+=("$task")
+            return 0
+        fi
+        if ((budget == 0 || fits < budget)); then
+            echo "== $task: $left s left in this call: training for $fits s, not ${budget} s"
+            sets+=("max_time_s=$fits")
+        fi
+    fi
     if ((${#sets[@]})); then sets=(--set "${sets[@]}"); fi
     echo "== train $task ($config) $(date -u +%H:%M:%S)"
     python -m training.train "$task" --config "training/configs/$config" --data-dir "$DATA" \
@@ -82,6 +107,7 @@ train() {  # task, config, extra --set values for the dry run; the checkpoint is
 
 score() {  # task: its metrics JSON (the evaluate CLI's last line) into the work folder
     local task=$1
+    if [[ " ${skipped[*]} " == *" $task "* ]]; then return 0; fi  # not trained: nothing new to score
     echo "== evaluate $task $(date -u +%H:%M:%S)"
     python -m training.evaluate "$task" --data-dir "$DATA" --checkpoint "$checkpoints/$task" "${limit[@]}" \
         | tee "$work/$task-eval.out"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,32 +185,56 @@ def test_compile_choice_keeps_cuda_graphs_only_when_they_finish_faster_with_the_
     assert choice.read_text() == ("compile_mode=reduce-overhead\n" if taken else "")
 
 
-def test_gpu_jobs_train_with_what_the_step_check_chose(tmp_path):
-    """The vision job reads the choice the step check left on the machine and trains with it: the
-    dry run's command line (3 steps on the CPU) carries the chosen setting after the dry run's own."""
-    choices = tmp_path / "choices"
-    choices.mkdir()
-    (choices / "vision.sets").write_text("compile_mode=reduce-overhead\n")
+def _run_train_function(tmp_path: Path, env: str, *train_args: str) -> subprocess.CompletedProcess:
+    """gpu_jobs.sh's `train` in a dry run (DRY=1) with `python -m training.train` replaced by an echo
+    of its arguments ("ARGS ..."), so what the job would run is checked in milliseconds."""
     script = (ROOT / "scripts" / "gpu_jobs.sh").read_text()
     train = script[script.index("train() {") : script.index("score() {")]
     fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "python").write_text('#!/bin/sh\necho "ARGS $*"\n')
+    fake.mkdir(exist_ok=True)
+    (fake / "python").write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "ARGS $*"\n')
     (fake / "python").chmod(0o755)
+    (tmp_path / "ckpt" / "vision").mkdir(parents=True, exist_ok=True)
     driver = f"""set -euo pipefail
-DRY=1 CHOICES={choices} checkpoints={tmp_path}/ckpt work={tmp_path} DATA=data OUT={tmp_path} profile=1
+DRY=1 checkpoints={tmp_path}/ckpt work={tmp_path} DATA=data OUT={tmp_path} profile=1
+CHOICES={tmp_path}/choices CALL_S= RESERVE_S=150 job_start=$(date +%s) skipped=()
 dry_sets=(max_steps=3 compile=false)
+{env}
 {train}
-mkdir -p {tmp_path}/ckpt/vision
-train vision vision-gpu.yaml val_size=500
+train {" ".join(train_args)}
+echo "SKIPPED ${{skipped[*]}}"
 """
+    path = f"{fake}:{os.environ['PATH']}"
     done = subprocess.run(
-        ["bash", "-c", driver],
-        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
-        capture_output=True,
-        text=True,
+        ["bash", "-c", driver], cwd=ROOT, env={**os.environ, "PATH": path}, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    args = next(line for line in done.stdout.splitlines() if line.startswith("ARGS "))
+    return done
+
+
+def _train_args(done: subprocess.CompletedProcess) -> str | None:
+    return next((line for line in done.stdout.splitlines() if line.startswith("ARGS ")), None)
+
+
+def test_gpu_jobs_train_with_what_the_step_check_chose(tmp_path):
+    """The vision job reads the choice the step check left on the machine and trains with it: the
+    dry run's command line carries the chosen setting after the dry run's own."""
+    (tmp_path / "choices").mkdir()
+    (tmp_path / "choices" / "vision.sets").write_text("compile_mode=reduce-overhead\n")
+    done = _run_train_function(tmp_path, "", "vision", "vision-gpu.yaml", "val_size=500")
+    args = _train_args(done)
     assert args.endswith("--set max_steps=3 compile=false val_size=500 compile_mode=reduce-overhead"), args
     assert "chosen by the step check" in done.stdout
+    assert "max_time_s=" not in args  # no CALL_S: the recipe's own budget
+
+
+def test_gpu_jobs_train_only_for_the_time_the_call_has_left(tmp_path):
+    """CALL_S: vision-gpu.yaml trains 400 s; a call with 400 s left keeps 150 for the rest, so it
+    trains ~250 s; with 200 s left (50 s of training) it does not start at all."""
+    done = _run_train_function(tmp_path, "CALL_S=400", "vision", "vision-gpu.yaml")
+    budget = re.search(r"max_time_s=(\d+)$", _train_args(done))
+    assert budget and 245 <= int(budget.group(1)) <= 250, done.stdout
+    done = _run_train_function(tmp_path, "CALL_S=200", "vision", "vision-gpu.yaml")
+    assert _train_args(done) is None and "too little to train" in done.stdout and "SKIPPED vision" in done.stdout
+    done = _run_train_function(tmp_path, "CALL_S=900", "vision", "vision-gpu.yaml")
+    assert "max_time_s=" not in _train_args(done)  # time enough: the recipe as written
