@@ -73,6 +73,17 @@ def test_step_time_is_the_median_window_so_a_slow_window_does_not_count(monkeypa
     assert clock.step_ms() == pytest.approx(10.0)
 
 
+@pytest.mark.parametrize(("compile_mode", "marks"), [("reduce-overhead", 1), (None, 0), ("max-autotune", 0)])
+def test_each_step_tells_cuda_graphs_where_it_begins(monkeypatch, compile_mode, marks):
+    """Under compile_mode=reduce-overhead (CUDA graphs) every training step starts with
+    cudagraph_mark_step_begin; other modes leave the graphs' bookkeeping alone."""
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    module = common.TimedModule(common.TrainingConfig(compile=True, compile_mode=compile_mode))
+    module.on_train_batch_start(None, 0)
+    assert len(calls) == marks
+
+
 def test_schedule_without_a_time_budget_counts_steps(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(common.time, "monotonic", lambda: now[0])

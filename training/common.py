@@ -315,6 +315,12 @@ class TimedModule(L.LightningModule):
             task = type(self).__name__
             raise ValueError(f"ema_decay: {task} keeps no EMA of its weights (vision, translation and audio do)")
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.config.compile and self.config.compile_mode == "reduce-overhead":
+            # CUDA graphs replay into the same output buffers every step: say where a step begins,
+            # so the graphs know the last step's outputs are done with (cudagraph trees)
+            torch.compiler.cudagraph_mark_step_begin()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
