@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # huggingface_hub patterns (fnmatch; "*" also crosses "/"), relative to the repository root
 IGNORE = [
     ".git/*",
-    ".venv/*",
+    ".venv*/*",  # every virtual environment: .venv, and .venv-gpu-image (scripts/gpu_image_check.sh)
     "data/*",
     "runs/*",
     "artifacts/*",
@@ -46,7 +46,7 @@ def space_files(root: Path = ROOT) -> list[str]:
 
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in _PRUNE]
+        dirs[:] = [d for d in dirs if d not in _PRUNE and not d.startswith(".venv")]
         found += [(Path(folder) / f).relative_to(root).as_posix() for f in files]
     return sorted(filter_repo_objects(found, ignore_patterns=IGNORE))
 

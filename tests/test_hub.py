@@ -110,6 +110,23 @@ def test_space_header_matches_the_app():
     assert "zerogpu" not in json.dumps(header).lower()
 
 
+def test_space_upload_leaves_out_every_folder_git_ignores():
+    """What git ignores (environments, data, runs, caches) never goes to the Space either: each
+    folder named in .gitignore, with a file inside it, is filtered out of the upload."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from scripts.push_space import IGNORE
+
+    folders = [
+        line.strip().rstrip("/").replace("*", "some")
+        for line in (ROOT / ".gitignore").read_text().splitlines()
+        if line.strip().endswith("/") and not line.startswith("#")
+    ]
+    assert ".venv-gpu-image" in folders and "data" in folders
+    probes = [f"{folder}/inner/file.py" for folder in folders]
+    assert list(filter_repo_objects(probes, ignore_patterns=IGNORE)) == []
+
+
 def test_space_upload_takes_the_app_and_leaves_out_environments_data_and_runs():
     from scripts.push_space import space_files
 
