@@ -140,8 +140,11 @@ compile_check() {  # task, config, extra --set values: as written, then with CUD
     step_check "$task" "$config" "$task" "$@"
     step_check "$task" "$config" "$task-cudagraphs" compile_mode=reduce-overhead "$@"
     python -m scripts.compile_choice --baseline "$work/check-$task.out" \
-        --candidate "$work/check-$task-cudagraphs.out" compile_mode=reduce-overhead --write "$CHOICES/$task.sets"
-    mkdir -p "$work/choices" && cp "$CHOICES/$task.sets" "$work/choices/" 2>/dev/null || true  # into the logs
+        --candidate "$work/check-$task-cudagraphs.out" compile_mode=reduce-overhead --write "$CHOICES/$task.sets" \
+        || echo "== compile choice failed: the next $task run trains as written"  # the logs still get packed
+    if [[ -e $CHOICES/$task.sets && $CHOICES != "$work/choices" ]]; then  # into the logs (a dry run writes there)
+        mkdir -p "$work/choices" && cp "$CHOICES/$task.sets" "$work/choices/"
+    fi
 }
 
 show_profiles() {

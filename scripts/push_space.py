@@ -36,8 +36,9 @@ IGNORE = [
     ".ci/*",
     "tests/*",
 ]
-# folders skipped whole while listing, so the listing does not walk a multi-GB virtual environment
-_PRUNE = {".git", ".venv", "data", "runs", "artifacts", "lightning_logs", "flagged", ".gradio", "__pycache__"}
+# folders skipped whole while listing (and every .venv*), so the listing does not walk a multi-GB
+# virtual environment
+_PRUNE = {".git", "data", "runs", "artifacts", "lightning_logs", "flagged", ".gradio", "__pycache__"}
 
 
 def space_files(root: Path = ROOT) -> list[str]:
