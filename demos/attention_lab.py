@@ -33,6 +33,7 @@ from demos.common import (
     has_checkpoint,
     listen,
     shows_errors,
+    worked_example,
 )
 from demos.lab_figures import SATURATION_HEADERS, STEP_ORDER, empty_figure, lab_summary, saturation_table, step_figures
 from demos.plots import char_label, unique_labels
@@ -358,8 +359,11 @@ def build() -> None:
         scaled = gr.Checkbox(True, label="divide the scores by √d_k")
         head = gr.Slider(1, head_count(default), value=1, step=1, label="head")
         run = gr.Button("Run the steps", variant="primary")
-    summary = gr.Markdown()
-    saturation = gr.Dataframe(label="softmax saturation per head", headers=SATURATION_HEADERS)
+    # the tab opens with its example worked out: the default text, layer and mask, head 1
+    first = worked_example(lab_outputs, EXAMPLE, default, "causal", True, 1, fallback=(None,) * (2 + len(STEP_ORDER)))
+    first_figures = dict(zip(STEP_ORDER, first[2:], strict=True))
+    summary = gr.Markdown(first[0])
+    saturation = gr.Dataframe(first[1], label="softmax saturation per head", headers=SATURATION_HEADERS)
     plots: dict[str, gr.Plot] = {}
     sections = (
         ("1. Embeddings plus positional encoding: X", ("embeddings", "positional", "x")),
@@ -374,7 +378,7 @@ def build() -> None:
             gr.Markdown(f"### {title}")
         with gr.Row():
             for name in names:
-                plots[name] = gr.Plot(show_label=False)
+                plots[name] = gr.Plot(first_figures[name], show_label=False)
 
     @shows_errors
     def handler(text_v, source_v, mask_v, scaled_v, head_v):

@@ -33,6 +33,7 @@ from demos.common import (
     parse_selector,
     selector_choices,
     shows_errors,
+    worked_example,
 )
 from demos.model_view import TAG_THRESHOLD, head_summary, model_view, tile_at, tile_values
 from demos.plots import attention_heatmap, resize
@@ -366,22 +367,32 @@ def build() -> None:
         "click a small map in the model view. "
         + (f"Not available here: {', '.join(missing)} (no checkpoint)." if missing else "")
     )
-    first = available[0].task
+    first = available[0]
+    # the tab opens with the first model's example text worked out (a model that reads images or
+    # sounds has no example: it waits for an upload)
+    shown = cleared(first.task)
+    if first.input in attention_inputs.TEXT_INPUTS:
+        example = (first.example, "de", None, None)
+        shown = worked_example(show, first.task, KINDS[first.task][0], AVERAGE, AVERAGE, *example, fallback=shown)
+    figure, view, table, note, layers, heads = shown
     with gr.Row():
         # custom values let an API caller name any model, kind, layer or head without a previous
         # call, and get attention_map's own message when one does not exist
-        task = gr.Dropdown([(m.title, m.task) for m in available], value=first, label="model", allow_custom_value=True)
-        kind = gr.Dropdown(list(KINDS[first]), value=KINDS[first][0], label="attention", allow_custom_value=True)
-        layer = gr.Dropdown([AVERAGE], value=AVERAGE, label="layer", allow_custom_value=True)
-        head = gr.Dropdown([AVERAGE], value=AVERAGE, label="head", allow_custom_value=True)
-    inputs = attention_inputs.input_components(first)
+        task = gr.Dropdown(
+            [(m.title, m.task) for m in available], value=first.task, label="model", allow_custom_value=True
+        )
+        kinds = KINDS[first.task]
+        kind = gr.Dropdown(list(kinds), value=kinds[0], label="attention", allow_custom_value=True)
+        layer = gr.Dropdown(layers["choices"], value=AVERAGE, label="layer", allow_custom_value=True)
+        head = gr.Dropdown(heads["choices"], value=AVERAGE, label="head", allow_custom_value=True)
+    inputs = attention_inputs.input_components(first.task)
     button = gr.Button("Show attention", variant="primary")
-    notes = gr.Markdown()
+    notes = gr.Markdown(note)
     gr.Markdown("Left: the chosen layer and head. Right: the model view, layers (rows) x heads (columns); click one.")
     with gr.Row():
-        plot = gr.Plot(show_label=False)
-        grid = gr.Image(show_label=False, interactive=False, buttons=["fullscreen"])
-    summary = gr.Dataframe(label="per-head summary", wrap=True)
+        plot = gr.Plot(figure, show_label=False)
+        grid = gr.Image(view, show_label=False, interactive=False, buttons=["fullscreen"])
+    summary = gr.Dataframe(table, label="per-head summary", wrap=True)
     gr.Markdown(
         "*previous / first / same*: the average share of each query's weight on the token before it, on the "
         f"first token, and on itself; a head is tagged when that share is over {TAG_THRESHOLD:.0%}. Entropy is "

@@ -119,6 +119,17 @@ def get_model(task: str):
     return _loaded[folder]
 
 
+def worked_example(fn: Callable, *args, fallback=None):
+    """`fn(*args)` computed once while the app is built, so that a tab opens with its example
+    already worked out (no request, nothing per visitor); `fallback` (the tab's empty outputs)
+    when a model cannot give it, a checkpoint damaged in a way the quick check missed: the tab
+    says so when someone asks."""
+    try:
+        return fn(*args)
+    except MissingCheckpoint:
+        return fallback
+
+
 def load_in_background(tasks: list[str]) -> threading.Thread:
     """Load the models of `tasks` (those with a checkpoint) on a daemon thread: the app answers
     before they are ready (timm alone takes ~2 s to import), and a request that comes first

@@ -26,6 +26,7 @@ from demos.common import (
     missing_message,
     shows_errors,
     warn,
+    worked_example,
 )
 from demos.plots import attention_heatmap
 from demos.tools import examples_that_run
@@ -298,16 +299,19 @@ def build() -> None:
         "left and right of each blank, and shows its most likely word pieces. It knows short descriptions "
         "of everyday scenes, nothing else."
     )
+    # the tab opens with its first example filled in and compared across the families
+    example, example_k = EXAMPLES[0]
+    first = worked_example(fill_mask, example, example_k)
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Sentence with [MASK]", lines=2, max_length=2000, value=EXAMPLES[0][0])
-            top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Candidates per blank")
+            text = gr.Textbox(label="Sentence with [MASK]", lines=2, max_length=2000, value=example)
+            top_k = gr.Slider(1, MAX_TOP_K, value=example_k, step=1, label="Candidates per blank")
             go_button = gr.Button("Fill in", variant="primary")
         with gr.Column():
-            filled = gr.Textbox(label="Most likely sentence", interactive=False)
-            details = gr.JSON(label="Candidates", visible=False)
+            filled = gr.Textbox(first.text if first else None, label="Most likely sentence", interactive=False)
+            details = gr.JSON(as_json(first) if first else None, label="Candidates", visible=False)
     example_set = gr.Examples(EXAMPLES, inputs=[text, top_k])
-    plot = gr.Plot(label="Candidates for each blank")
+    plot = gr.Plot(candidates_figure(first) if first else None, label="Candidates for each blank")
     listen(go_button.click, _on_fill, [text, top_k], [filled, details, plot], api_name="fill_mask")
     examples_that_run(example_set, _on_fill, [text, top_k], [filled, details, plot])
     listen(text.submit, _on_fill, [text, top_k], [filled, details, plot])
@@ -320,9 +324,10 @@ def build() -> None:
         "query, a column a key, a dark cell a strong weight."
     )
     compare = gr.Button("Compare the three families")
+    maps = worked_example(compare_families, example, fallback=[None] * len(FAMILIES))
     plots = []
-    for family in FAMILIES:
+    for family, figure in zip(FAMILIES, maps, strict=True):
         gr.Markdown(family_note(family))
         # the note above names the family; a label would sit over the start of the map's title
-        plots.append(gr.Plot(label=family.title, show_label=False))
+        plots.append(gr.Plot(figure, label=family.title, show_label=False))
     listen(compare.click, _on_compare, [text], plots, api_name="compare_families")

@@ -8,12 +8,14 @@ this module only puts together the pieces, each in its own module:
 - demos/fair_queue.py: request bodies over the limit are refused before they are read; each
   visitor has a bounded, fair share of the queue; requests nobody listens for are dropped.
 - demos/housekeeping.py: old uploads, outputs and kept results expire; freed memory goes back.
+- demos/compression.py: the page and API answers go gzip'd (Gradio compresses only files).
 - demos/checkpoint_checks.py and demos/audio_files.py: damaged checkpoints and hostile audio
   files are found from their headers, without loading or decoding them.
 """
 
 from __future__ import annotations
 
+from demos.compression import CompressPages
 from demos.fair_queue import MAX_UPLOAD_BYTES, FairQueue, Gatekeeper
 from demos.housekeeping import SESSIONS_KEPT, expire_kept_files_and_state, limit_malloc_arenas
 from demos.input_checks import install_input_checks
@@ -28,11 +30,13 @@ def protect(demo) -> None:
 
 
 def launch_options() -> dict:
-    """demo.launch() arguments that bound uploads, request bodies and kept sessions."""
+    """demo.launch() arguments that bound uploads, request bodies and kept sessions, and compress
+    the page (demos/compression.py)."""
     from starlette.middleware import Middleware
 
     return {
         "max_file_size": MAX_UPLOAD_BYTES,
         "state_session_capacity": SESSIONS_KEPT,
-        "app_kwargs": {"middleware": [Middleware(Gatekeeper)]},
+        # the first is the outermost: a body over the limit is refused before anything else runs
+        "app_kwargs": {"middleware": [Middleware(Gatekeeper), Middleware(CompressPages)]},
     }

@@ -5,6 +5,7 @@ checkpoints, whose other tabs still work."""
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import time
@@ -125,6 +126,26 @@ def test_every_named_endpoint_is_called_by_a_test(client):
     named = tab_endpoints(client)
     assert named >= ENDPOINTS
     assert named - endpoints_called_by_tests() == set()
+
+
+def fetch(url: str, encodings: str) -> tuple[str | None, bytes]:
+    """GET `url` as a browser that accepts `encodings`: (Content-Encoding, the body as sent)."""
+    request = urllib.request.Request(url, headers={"Accept-Encoding": encodings})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        return response.headers.get("Content-Encoding"), response.read()
+
+
+def test_the_page_goes_compressed_and_gradio_keeps_its_own_for_scripts(client):
+    """demos/compression.py: the page (its config holds the tabs' worked examples) goes gzip'd to a
+    browser that accepts it, the same page as uncompressed; Gradio's scripts keep its brotli."""
+    url = client.src.rstrip("/") + "/"
+    encoding, sent = fetch(url, "gzip, deflate, br")
+    page = gzip.decompress(sent)
+    assert encoding == "gzip" and len(sent) < len(page) / 4
+    assert b"Transformer Playground" in page
+    assert fetch(url, "identity") == (None, page)  # only for those that ask
+    script = re.search(rb'src="\./(assets/[^"]+\.js)"', page).group(1).decode()
+    assert fetch(url + script, "gzip, deflate, br")[0] == "br"
 
 
 def test_generate_streams_growing_text(client):

@@ -17,7 +17,7 @@ from PIL import Image
 from bench import attention as attention_bench
 from demos import attention_lab as lab
 from demos import attention_maps as maps
-from demos import efficiency, lab_figures
+from demos import efficiency, lab_figures, registry
 from demos import model_view as mv
 from demos.common import MissingCheckpoint
 from demos.plots import attention_heatmap, char_label, plot_labels
@@ -359,6 +359,61 @@ def test_tabs_work_with_only_a_gpt_checkpoint(monkeypatch, tmp_path):
     assert [c[1] for c in dropdowns[0].choices] == ["generation"]
     assert lab.available_sources() == ["generation", "random"]
     _build(lab)
+
+
+def _of_type(demo: gr.Blocks, kind: type) -> list:
+    return [b for b in demo.blocks.values() if isinstance(b, kind)]
+
+
+def test_the_tabs_open_with_their_example_worked_out(with_all):
+    """Attention Maps and the Lab show their example before anyone asks (worked out once while the
+    app is built): what their buttons give for the same input."""
+    entry = registry.model("generation")  # the first model of the registry
+    expected = maps.attention_map("generation", "causal self", text=entry.example)
+    demo = _build(maps)
+    [plot] = _of_type(demo, gr.Plot)
+    assert json.loads(plot.value["plot"])["data"] == json.loads(expected.figure.to_json())["data"]
+    layer, head = (b for b in _of_type(demo, gr.Dropdown) if b.label in ("layer", "head"))
+    assert [c[0] for c in layer.choices] == ["average", "1", "2"] and layer.value == "average"
+    assert [c[0] for c in head.choices] == ["average", "1", "2"]
+    [table] = _of_type(demo, gr.Dataframe)
+    assert len(table.value["data"]) == 2 * 2  # a row per layer and head
+    assert [b for b in _of_type(demo, gr.Image) if b.value is not None], "no model view"
+
+    shown = lab.lab_outputs(lab.EXAMPLE, lab.default_source(), "causal", True, 1)
+    demo = _build(lab)
+    assert shown[0] in [b.value for b in _of_type(demo, gr.Markdown)]
+    figures = [json.loads(b.value["plot"])["data"] for b in _of_type(demo, gr.Plot) if b.value is not None]
+    assert figures[: len(lab_figures.STEP_ORDER)] == [json.loads(f.to_json())["data"] for f in shown[2:]]
+
+
+def test_a_tab_whose_model_fails_at_build_opens_empty(with_all, monkeypatch):
+    """A checkpoint damaged in a way the quick check missed: the tab still builds, empty, and says
+    what to do; the error shows when someone asks (get_model's message)."""
+
+    def damaged(*args, **kwargs):
+        raise MissingCheckpoint("The generation model is switched off: ...")
+
+    monkeypatch.setattr(maps, "show", damaged)
+    demo = _build(maps)
+    [plot] = _of_type(demo, gr.Plot)
+    assert plot.value is None
+    assert any("Type a text, then press **Show attention**" in b.value for b in _of_type(demo, gr.Markdown))
+    monkeypatch.setattr(lab, "lab_outputs", damaged)
+    assert all(b.value is None for b in _of_type(_build(lab), gr.Plot)[: len(lab_figures.STEP_ORDER)])
+
+
+def test_worked_examples_hide_only_a_missing_model():
+    from demos.common import worked_example
+
+    assert worked_example(lambda a, b: a + b, 1, 2) == 3
+
+    def missing():
+        raise MissingCheckpoint("not here")
+
+    assert worked_example(missing, fallback=("empty",)) == ("empty",)
+    with pytest.raises(ZeroDivisionError):  # a bug is not hidden
+        worked_example(lambda: 1 / 0)
 
 
 # ----------------------------------------------------------------------------------------------

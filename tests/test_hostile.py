@@ -478,6 +478,9 @@ def test_the_app_starts_with_damaged_checkpoints_and_the_rest_works(tmp_path, na
         while Path(uploaded).exists() and time.perf_counter() < deadline:
             time.sleep(0.5)
         assert not Path(uploaded).exists(), "an upload outlived the cache cleanup"
+        # while the files the page itself shows (drawn examples, worked examples' images) stay
+        shown = {path for path in re.findall(r'"path": ?"([^"]+)"', page) if not path.startswith(("http:", "https:"))}
+        assert shown and all(Path(path).exists() for path in shown), "the cleanup took a file the page shows"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,6 +511,45 @@ def test_value_checks_refuse_what_is_not_the_type_they_say():
     for bad, says in (("a\ud800b", "lone surrogate"), ("x" * (MAX_TEXT_CHARS + 1), "at most"), (["x"], "not list")):
         with pytest.raises(InputRefused, match=says):
             check_text(bad, "Prompt")
+
+
+def test_pages_are_gzipped_but_not_files_streams_or_what_is_encoded_already():
+    """demos/compression.py on a small app: what Gradio leaves uncompressed (paths without a file
+    extension) goes gzip'd; files (Gradio's BrotliMiddleware does those), result streams and
+    responses with an encoding of their own pass as they are."""
+    import gzip
+
+    import brotli  # Gradio's own dependency
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse, Response, StreamingResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from demos.compression import CompressPages
+
+    text = "<p>a page of attention maps</p>" * 200
+
+    def events(request):
+        return StreamingResponse(iter(["data: 1\n\n", "data: 2\n\n"]), media_type="text/event-stream")
+
+    routes = [
+        Route("/", lambda r: HTMLResponse(text)),
+        Route("/assets/app.js", lambda r: Response(text, media_type="application/javascript")),
+        Route("/stream", events),
+        Route("/encoded", lambda r: Response(brotli.compress(text.encode()), headers={"Content-Encoding": "br"})),
+        Route("/tiny", lambda r: HTMLResponse("<p>hi</p>")),
+    ]
+    client = TestClient(CompressPages(Starlette(routes=routes)))
+    accept = {"Accept-Encoding": "gzip"}
+    page = client.get("/", headers=accept)
+    assert page.headers["content-encoding"] == "gzip" and page.text == text  # httpx decodes it
+    assert int(page.headers["content-length"]) < len(gzip.compress(text.encode())) + 100 < len(text) / 10
+    assert "content-encoding" not in client.get("/", headers={"Accept-Encoding": "identity"}).headers
+    for path in ("/assets/app.js", "/stream", "/tiny"):
+        assert "content-encoding" not in client.get(path, headers=accept).headers, path
+    assert client.get("/stream", headers=accept).text == "data: 1\n\ndata: 2\n\n"
+    encoded = client.get("/encoded", headers=accept)
+    assert encoded.headers["content-encoding"] == "br" and encoded.text == text
 
 
 def test_only_paths_inside_the_upload_folder_are_accepted(tmp_path, monkeypatch):

@@ -331,6 +331,23 @@ def test_three_families_side_by_side(tab):
     assert "[" not in "".join(figures[1].data[0].x)
 
 
+def test_the_tab_opens_with_its_first_example_filled_in(tab):
+    """Worked out once while the app is built: the same answer and maps as the buttons give."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        tab.build()
+    example, k = tab.EXAMPLES[0]
+    expected = tab.fill_mask(example, k)
+    [filled] = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.label == "Most likely sentence"]
+    assert filled.value == expected.text and "[MASK]" not in filled.value
+    plots = [json.loads(b.value["plot"]) for b in demo.blocks.values() if isinstance(b, gr.Plot)]
+    assert len(plots) == 1 + len(tab.FAMILIES)
+    assert plots[0]["data"] == json.loads(tab.candidates_figure(expected).to_json())["data"]
+    maps = [json.loads(f.to_json())["data"] for f in tab.compare_families(example)]
+    assert [p["data"] for p in plots[1:]] == maps
+
+
 # ----------------------------------------------------------------------------------------------
 # Through the running app
 # ----------------------------------------------------------------------------------------------
