@@ -122,11 +122,11 @@ def get_model(task: str):
 def worked_example(fn: Callable, *args, fallback=None):
     """`fn(*args)` computed once while the app is built, so that a tab opens with its example
     already worked out (no request, nothing per visitor); `fallback` (the tab's empty outputs)
-    when a model cannot give it, a checkpoint damaged in a way the quick check missed: the tab
-    says so when someone asks."""
+    when the model cannot give it: a checkpoint damaged in a way the quick check missed, or one
+    trained on other data that cannot read the example (the tab says why when someone asks)."""
     try:
         return fn(*args)
-    except MissingCheckpoint:
+    except UserError:  # MissingCheckpoint included
         return fallback
 
 

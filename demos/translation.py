@@ -20,6 +20,7 @@ from demos.common import (
     parse_selector,
     selector_choices,
     shows_errors,
+    worked_example,
 )
 from demos.plots import attention_heatmap
 from demos.tools import examples_that_run
@@ -210,8 +211,11 @@ def _on_translate(text: str, source: str, target: str, beam_size: float, layer: 
         raise gr.Error(str(error)) from None
     for note in result.notes:
         gr.Warning(note)
-    notes = "\n".join(f"- {note}" for note in result.notes)
-    return result.text, notes, attention_figure(result, layer, head), result
+    return result.text, note_list(result.notes), attention_figure(result, layer, head), result
+
+
+def note_list(notes: list[str]) -> str:
+    return "\n".join(f"- {note}" for note in notes)
 
 
 def _swap(text: str, translation: str, source: str, target: str):
@@ -225,6 +229,9 @@ def build() -> None:
         return
     model, _ = get_model(TASK)
     names = list(LANGUAGES.values())
+    # the tab opens with its first example translated and its cross-attention drawn
+    example = EXAMPLES[0]
+    first = worked_example(translate, *example)
     gr.Markdown(
         "One encoder-decoder Transformer, trained from scratch on Multi30k image captions, translates "
         "English <-> German and English <-> French (German <-> French goes through English). "
@@ -233,17 +240,21 @@ def build() -> None:
     with gr.Row():
         with gr.Column():
             text = gr.Textbox(
-                label="Source text", lines=3, max_length=2000, placeholder="A dog runs through the grass."
+                example[0] if first else None,
+                label="Source text",
+                lines=3,
+                max_length=2000,
+                placeholder="A dog runs through the grass.",
             )
             with gr.Row():
-                source = gr.Dropdown(names, value="English", label="From")
+                source = gr.Dropdown(names, value=example[1], label="From")
                 swap = gr.Button("⇄ Swap", scale=0, min_width=80)
-                target = gr.Dropdown(names, value="German", label="To")
-            beam = gr.Slider(1, MAX_BEAM, value=4, step=1, label="Beam size (1 = greedy)")
+                target = gr.Dropdown(names, value=example[2], label="To")
+            beam = gr.Slider(1, MAX_BEAM, value=example[3], step=1, label="Beam size (1 = greedy)")
             go = gr.Button("Translate", variant="primary")
         with gr.Column():
-            translation = gr.Textbox(label="Translation", lines=3, interactive=False)
-            notes = gr.Markdown(label="Notes")
+            translation = gr.Textbox(first.text if first else None, label="Translation", lines=3, interactive=False)
+            notes = gr.Markdown(note_list(first.notes) if first else "", label="Notes")
     example_set = gr.Examples(EXAMPLES, inputs=[text, source, target, beam])
     gr.Markdown(
         "**Cross-attention.** One row per piece the decoder wrote, one column per source piece: a dark "
@@ -252,8 +263,9 @@ def build() -> None:
     with gr.Row():
         layer = gr.Dropdown(selector_choices(model.config.n_decoder_layers), value="average", label="Layer")
         head = gr.Dropdown(selector_choices(model.config.n_heads), value="average", label="Head")
-    plot = gr.Plot(show_label=False)  # a label would sit over the start of the heatmap's title
-    state = gr.State(None)
+    # a label would sit over the start of the heatmap's title
+    plot = gr.Plot(attention_figure(first, "average", "average"), show_label=False)
+    state = gr.State(first)  # the result the layer and head selectors redraw
 
     inputs = [text, source, target, beam, layer, head]
     outputs = [translation, notes, plot, state]

@@ -403,15 +403,16 @@ def test_a_tab_whose_model_fails_at_build_opens_empty(with_all, monkeypatch):
     assert all(b.value is None for b in _of_type(_build(lab), gr.Plot)[: len(lab_figures.STEP_ORDER)])
 
 
-def test_worked_examples_hide_only_a_missing_model():
-    from demos.common import worked_example
+def test_worked_examples_leave_out_what_the_model_cannot_do_but_not_bugs():
+    from demos.common import UserError, worked_example
 
     assert worked_example(lambda a, b: a + b, 1, 2) == 3
+    for error in (MissingCheckpoint("not here"), UserError("cannot read this text")):
 
-    def missing():
-        raise MissingCheckpoint("not here")
+        def fails(error=error):
+            raise error
 
-    assert worked_example(missing, fallback=("empty",)) == ("empty",)
+        assert worked_example(fails, fallback=("empty",)) == ("empty",)
     with pytest.raises(ZeroDivisionError):  # a bug is not hidden
         worked_example(lambda: 1 / 0)
 

@@ -304,6 +304,35 @@ def test_translate_returns_text_tokens_and_cross_attention(tab):
     assert list(figure.data[0].z.shape) == [len(result.target_tokens), len(result.source_tokens)]
 
 
+def test_the_tab_opens_with_its_first_example_translated(tab, monkeypatch):
+    """Worked out once while the app is built: the same translation and map as the button gives,
+    kept as the result the layer and head selectors redraw; a model that cannot read the example
+    leaves the tab empty, as it was before anyone asked."""
+    import gradio as gr
+
+    def built() -> dict:
+        with gr.Blocks() as demo:
+            tab.build()
+        return {type(b).__name__ + ":" + str(getattr(b, "label", None)): b for b in demo.blocks.values()}
+
+    expected = tab.translate(*tab.EXAMPLES[0])
+    blocks = built()
+    assert blocks["Textbox:Source text"].value == tab.EXAMPLES[0][0]
+    assert blocks["Textbox:Translation"].value == expected.text
+    [plot] = [b for b in blocks.values() if isinstance(b, gr.Plot)]
+    figure = tab.attention_figure(expected, "average", "average")
+    assert json.loads(plot.value["plot"])["data"] == json.loads(figure.to_json())["data"]
+    [state] = [b for b in blocks.values() if isinstance(b, gr.State)]
+    assert state.value.text == expected.text and state.value.cross_attention.shape == expected.cross_attention.shape
+
+    def unreadable(*args, **kwargs):
+        raise tab.InputError("The model cannot read any of this text")
+
+    monkeypatch.setattr(tab, "translate", unreadable)
+    blocks = built()
+    assert not blocks["Textbox:Source text"].value and not blocks["Textbox:Translation"].value
+
+
 @pytest.mark.parametrize("text", ["", "   \n\t "])
 def test_translate_refuses_empty_text(tab, text):
     with pytest.raises(tab.InputError, match="nothing to translate"):
