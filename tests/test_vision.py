@@ -618,3 +618,15 @@ def test_shipped_checkpoint_classifies_a_drawn_example(tmp_path):
     result = tab.classify_image(draw_examples(tmp_path)[0])
     assert len(result.top5) == 5 and sum(result.top5.values()) <= 1 + 1e-6
     assert result.rollout.sum() == pytest.approx(1, abs=1e-5)
+
+
+def test_the_shipped_model_names_every_drawn_example_right(tmp_path):
+    """The tab's examples are what a visitor tries first: each is its class's top answer, and none
+    is flagged as unlike CIFAR-10. A new checkpoint that fails this needs new drawings."""
+    if not (ROOT / "checkpoints" / "vision" / "model.safetensors").exists():
+        pytest.skip("checkpoints/vision is missing: train it with python -m training.train vision")
+    drawn = ("airplane", "ship", "automobile", "frog", "truck")  # draw_examples' order
+    for path, expected in zip(draw_examples(tmp_path), drawn, strict=True):
+        result = tab.classify_image(path)
+        assert max(result.top5, key=result.top5.get) == expected, (path.name, result.top5)
+        assert result.verdict.known, (path.name, result.verdict.reasons)
