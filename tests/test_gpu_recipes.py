@@ -192,7 +192,10 @@ def _run_train_function(tmp_path: Path, env: str, *train_args: str) -> subproces
     train = script[script.index("train() {") : script.index("score() {")]
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    (fake / "python").write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "ARGS $*"\n')
+    (fake / "python").write_text(
+        f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "ARGS $*"\n'
+        'echo "CACHES $TORCHINDUCTOR_CACHE_DIR $TRITON_CACHE_DIR"\n'
+    )
     (fake / "python").chmod(0o755)
     (tmp_path / "ckpt" / "vision").mkdir(parents=True, exist_ok=True)
     driver = f"""set -euo pipefail
@@ -226,6 +229,10 @@ def test_gpu_jobs_train_with_what_the_step_check_chose(tmp_path):
     assert args.endswith("--set max_steps=3 compile=false val_size=500 compile_mode=reduce-overhead"), args
     assert "chosen by the step check" in done.stdout
     assert "max_time_s=" not in args  # no CALL_S: the recipe's own budget
+    # a cold compile, whatever the step check left in the machine's default cache
+    caches = next(line for line in done.stdout.splitlines() if line.startswith("CACHES ")).split()[1:]
+    assert caches == [f"{tmp_path}/compile-cache/vision", f"{tmp_path}/compile-cache/vision/triton"]
+    assert not Path(caches[0]).exists()  # nothing there before the run
 
 
 def test_gpu_jobs_train_only_for_the_time_the_call_has_left(tmp_path):
