@@ -180,6 +180,10 @@ def _random_layer() -> LabLayer:
 # ----------------------------------------------------------------------------------------------
 
 
+class NoSuchToken(UserError):
+    """The close-up asked for a token past the end of the text."""
+
+
 @dataclass
 class LabResult:
     """Every intermediate of one self-attention layer on one text (float64; heads first)."""
@@ -187,6 +191,8 @@ class LabResult:
     source: str
     labels: list[str]
     head: int  # the head the single-head steps show (0-based)
+    query: int  # the token whose query the close-up shows (0-based)
+    n_tokens: int  # the text's tokens; padding (mask "padding") comes after them
     scaled: bool
     mask_kind: str
     token_embeddings: Tensor  # (T, d)
@@ -224,9 +230,15 @@ def build_mask(kind: str, is_token: Tensor) -> Tensor | None:
 
 @torch.no_grad()
 def attention_lab(
-    text: str = EXAMPLE, source: str = "random", mask: str = "causal", scaled: bool = True, head: int = 1
+    text: str = EXAMPLE,
+    source: str = "random",
+    mask: str = "causal",
+    scaled: bool = True,
+    head: int = 1,
+    query: int | None = None,
 ) -> LabResult:
-    """Run `source`'s first attention layer on `text` step by step; head is 1-based."""
+    """Run `source`'s first attention layer on `text` step by step; head and query (the token
+    whose query the close-up shows, the last one by default) are 1-based."""
     layer = lab_layer(source)
     if mask not in MASKS:
         raise UserError(f"Unknown mask {mask!r}; choose one of {', '.join(MASKS)}.")
@@ -237,6 +249,11 @@ def attention_lab(
     if len(ids) > MAX_TOKENS:
         notes.append(f"Using the first {MAX_TOKENS} of {len(ids)} tokens, so the matrices stay readable.")
         labels, ids = labels[:MAX_TOKENS], ids[:MAX_TOKENS]
+    n_tokens = len(ids)
+    if query is None:
+        query = n_tokens
+    if not 1 <= query <= n_tokens:
+        raise NoSuchToken(f"Token {query} does not exist: the text has {n_tokens} tokens.")
     is_token = torch.ones(len(ids), dtype=torch.bool)
     if mask == "padding":  # a batch pads shorter sentences; those keys must get no attention
         labels, ids = labels + ["<pad>"] * PADS, ids + [layer.pad_id] * PADS
@@ -284,6 +301,8 @@ def attention_lab(
         source=layer.source,
         labels=unique_labels(labels),
         head=head - 1,
+        query=query - 1,
+        n_tokens=n_tokens,
         scaled=scaled,
         mask_kind=mask,
         token_embeddings=embeddings,
@@ -324,13 +343,24 @@ def whole(value) -> int:
     return int(number)
 
 
-def lab_outputs(text: str, source: str, mask: str, scaled: bool, head: int) -> tuple:
-    """What the tab shows: summary, saturation table, then one figure per step (STEP_ORDER)."""
-    result = attention_lab(text, source, mask, bool(scaled), int(head))
+def lab_outputs(text: str, source: str, mask: str, scaled: bool, head: int, query: int | None = None) -> tuple:
+    """What the tab shows: summary, saturation table, one figure per step (STEP_ORDER), and the
+    query-token choices of the close-up (its figure is the step "query")."""
+    result = attention_lab(text, source, mask, bool(scaled), int(head), query)
     figs = step_figures(result)
     figs.setdefault("positional", empty_figure("no PE added: RoPE rotates Q and K"))
     table = {"headers": SATURATION_HEADERS, "data": saturation_table(result)}
-    return (lab_summary(result, SOURCES[result.source]), table, *(figs[name] for name in STEP_ORDER))
+    tokens = [(label, n) for n, label in enumerate(result.labels[: result.n_tokens], start=1)]
+    queries = gr.update(choices=tokens, value=result.query + 1)
+    return (lab_summary(result, SOURCES[result.source]), table, *(figs[name] for name in STEP_ORDER), queries)
+
+
+def kept_query(value) -> int | None:
+    """The close-up's token from its dropdown, or None (the last token) when there is none yet."""
+    try:
+        return whole(value) if value is not None else None
+    except UserError:
+        return None
 
 
 def head_slider(source: str, head) -> dict:
@@ -360,8 +390,9 @@ def build() -> None:
         head = gr.Slider(1, head_count(default), value=1, step=1, label="head")
         run = gr.Button("Run the steps", variant="primary")
     # the tab opens with its example worked out: the default text, layer and mask, head 1
-    first = worked_example(lab_outputs, EXAMPLE, default, "causal", True, 1, fallback=(None,) * (2 + len(STEP_ORDER)))
-    first_figures = dict(zip(STEP_ORDER, first[2:], strict=True))
+    empty = (None, None, *(None for _ in STEP_ORDER), {"choices": [], "value": None})
+    first = worked_example(lab_outputs, EXAMPLE, default, "causal", True, 1, fallback=empty)
+    first_figures = dict(zip(STEP_ORDER, first[2:-1], strict=True))
     summary = gr.Markdown(first[0])
     saturation = gr.Dataframe(first[1], label="softmax saturation per head", headers=SATURATION_HEADERS)
     plots: dict[str, gr.Plot] = {}
@@ -369,6 +400,7 @@ def build() -> None:
         ("1. Embeddings plus positional encoding: X", ("embeddings", "positional", "x")),
         ("2. Q = XW_Q, K = XW_K, V = XW_V (one head's slice)", ("q", "k", "v")),
         ("3. Scores QKᵀ, scaling by √d_k and the mask", ("scores", "masked")),
+        ("3b. One query up close: which dimensions of q and k make each score", ("query",)),
         ("4. Softmax and the weighted sum of V", ("weights", "head_output")),
         ("5. All heads, their concatenation and W_O", ("heads",)),
         ("", ("concatenated", "output")),
@@ -376,6 +408,10 @@ def build() -> None:
     for title, names in sections:
         if title:
             gr.Markdown(f"### {title}")
+        if "query" in names:
+            query = gr.Dropdown(
+                first[-1]["choices"], value=first[-1]["value"], label="query token", allow_custom_value=True
+            )
         with gr.Row():
             for name in names:
                 plots[name] = gr.Plot(first_figures[name], show_label=False)
@@ -384,15 +420,24 @@ def build() -> None:
     def handler(text_v, source_v, mask_v, scaled_v, head_v):
         return lab_outputs("" if text_v is None else str(text_v), source_v, mask_v, scaled_v, whole(head_v))
 
+    @shows_errors
+    def keeping_query(text_v, source_v, mask_v, scaled_v, head_v, query_v):
+        """Another head, mask, layer or token: the close-up stays on its token while the text has it."""
+        text_v = "" if text_v is None else str(text_v)
+        try:
+            return lab_outputs(text_v, source_v, mask_v, scaled_v, whole(head_v), kept_query(query_v))
+        except NoSuchToken:  # a shorter text since, or another tokenizer: the last token
+            return lab_outputs(text_v, source_v, mask_v, scaled_v, whole(head_v))
+
     inputs = [text, source, mask, scaled, head]
-    outputs = [summary, saturation, *(plots[name] for name in STEP_ORDER)]
+    outputs = [summary, saturation, *(plots[name] for name in STEP_ORDER), query]
     # preprocess=False: API values reach the handler as sent, so a head of "x" gets a sentence
     # instead of the slider's internal error; attention_lab checks source, mask and head itself
     listen(run.click, handler, inputs, outputs, api_name="attention_lab", preprocess=False)
-    for control in (mask, scaled, head):
-        listen(control.input, handler, inputs, outputs)
+    for control in (mask, scaled, head, query):
+        listen(control.input, keeping_query, [*inputs, query], outputs)
     # another layer: first its own range of heads, then the steps
     resized = listen(source.input, shows_errors(head_slider), [source, head], head)
-    listen(resized.then, handler, inputs, outputs)
+    listen(resized.then, keeping_query, [*inputs, query], outputs)
 
     efficiency.build()  # positional encoding, warmup schedule, efficiency: demos/efficiency.py

@@ -81,6 +81,7 @@ def step_figures(r: LabResult) -> dict[str, go.Figure]:
             m[h, :, :SHOW_DIMS], labels, _dims(d_k, name), f"{name.upper()}, head {h + 1}{cut_k}"
         )
     figs["scores"] = matrix_figure(r.scores[h], labels, labels, f"scores QKᵀ, head {h + 1}")
+    figs["query"] = query_figure(r)
     scaled = "scaled by 1/√d_k = " + f"{r.scale:.3f}" if r.scaled else "NOT scaled (switch off)"
     figs["masked"] = matrix_figure(r.masked_scores[h], labels, labels, f"{scaled}, mask: {r.mask_kind}")
     figs["weights"] = matrix_figure(r.weights[h], labels, labels, "softmax (each row sums to 1)", probabilities=True)
@@ -123,6 +124,94 @@ def heads_figure(r: LabResult) -> go.Figure:
         fig.update_yaxes(autorange="reversed", showticklabels=i == 0, row=1, col=i + 1)
         fig.update_xaxes(showticklabels=False, row=1, col=i + 1)
     fig.update_layout(title="the split into heads: every head's softmax weights", height=300, margin={"t": 70})
+    return fig
+
+
+def query_figure(r: LabResult) -> go.Figure:
+    """One query of head r.head up close (what bertviz calls the neuron view): its vector q_i, each
+    key's element-wise product q_i ∘ k_j, whose row sum is the score q_i · k_j, and the weight the
+    softmax gives that key once the score is scaled and masked."""
+    h, i, labels = r.head, r.query, r.labels
+    q = r.q[h, i].numpy()
+    products = (r.k[h] * r.q[h, i]).numpy()  # (T, d_k)
+    scores = products.sum(axis=1)  # = r.scores[h, i]
+    weights = r.weights[h, i].numpy()
+    allowed = np.ones(len(labels), dtype=bool) if r.mask is None else r.mask[i].numpy()
+    dims = [f"d{n}" for n in range(q.size)]
+    keys = plot_labels(labels)
+    bound = float(np.abs(products).max()) or 1.0
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        column_widths=[0.78, 0.22],
+        row_heights=[0.1, 0.9],
+        horizontal_spacing=0.03,
+        vertical_spacing=0.09,
+        subplot_titles=["", "", "q ∘ k for each key: a row sums to the score q · k", "softmax weight (scaled score)"],
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=q[None, :],
+            x=dims,
+            y=["q"],
+            colorscale="RdBu",
+            zmid=0,
+            showscale=False,
+            hovertemplate="q[%{x}] = %{z:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    hover = [
+        f"score {s:.2f} × {r.scale:.3f} = {s * r.scale:.2f}" if ok else f"score {s:.2f}, masked: −∞"
+        for s, ok in zip(scores, allowed, strict=True)
+    ]
+    fig.add_trace(
+        go.Heatmap(
+            z=products,
+            x=dims,
+            y=keys,
+            colorscale="RdBu",
+            zmin=-bound,
+            zmax=bound,
+            showscale=False,
+            customdata=np.array(hover)[:, None].repeat(q.size, axis=1),
+            hovertemplate="key %{y}, %{x}: q·k term %{z:.3f}<br>%{customdata}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=weights,
+            y=keys,
+            orientation="h",
+            marker_color=["#3b6fb6" if ok else "#bbbbbb" for ok in allowed],
+            text=[
+                f"{w:.2f} ({sc * r.scale:.1f})" if ok else "masked: −∞"
+                for w, sc, ok in zip(weights, scores, allowed, strict=True)
+            ],
+            textposition=["auto" if ok else "outside" for ok in allowed],
+            cliponaxis=False,
+            customdata=hover,
+            hovertemplate="key %{y}: weight %{x:.3f}<br>%{customdata}<extra></extra>",
+        ),
+        row=2,
+        col=2,
+    )
+    fig.update_yaxes(autorange="reversed", **every_tick(len(labels)), row=2, col=1)
+    fig.update_yaxes(autorange="reversed", showticklabels=False, row=2, col=2)
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    fig.update_yaxes(ticktext=[f"q of {labels[i]}"], tickvals=["q"], row=1, col=1)
+    fig.update_xaxes(range=[0, 1], row=2, col=2)
+    fig.update_xaxes(visible=False, row=1, col=2)
+    fig.update_yaxes(visible=False, row=1, col=2)
+    fig.update_layout(
+        title={"text": f"query “{labels[i]}”, head {h + 1}: which dimensions make each score", "font": {"size": 13}},
+        height=160 + 24 * len(labels),
+        margin={"l": 70, "r": 10, "t": 80, "b": 10},
+        showlegend=False,
+    )
     return fig
 
 
@@ -172,6 +261,7 @@ STEP_ORDER = (
     "v",
     "scores",
     "masked",
+    "query",
     "weights",
     "head_output",
     "heads",

@@ -275,7 +275,37 @@ def test_lab_step_figures_show_the_chosen_head(with_all):
     assert list(figs["scores"].data[0].y) == r.labels
     assert len(figs["heads"].data) == lab.RANDOM_HEADS
     outputs = lab.lab_outputs("the cat sat", "generation", "none", True, 1)
-    assert len(outputs) == 2 + len(lab.STEP_ORDER)  # RoPE GPT: the positional panel says why it is empty
+    assert len(outputs) == 2 + len(lab.STEP_ORDER) + 1  # RoPE GPT: the positional panel says why it is empty
+    characters = lab.attention_lab("the cat sat", "generation", "none").labels
+    assert outputs[-1]["choices"] == [(label, n) for n, label in enumerate(characters, start=1)]
+
+
+@pytest.mark.parametrize(("source", "mask"), [("random", "causal"), ("translation", "padding"), ("generation", "none")])
+def test_the_query_close_up_adds_up_to_the_scores_and_weights(with_all, source, mask):
+    """bertviz's neuron view, checked: each key's row of q ∘ k sums to the score QKᵀ[i, j] the lab
+    computed (itself checked against MultiHeadAttention), and the bars are the softmax row, masked
+    keys at zero and marked."""
+    r = lab.attention_lab("the cat sat on the mat", source, mask, head=2, query=3)
+    assert r.query == 2 and r.labels[r.query] == r.labels[2]
+    query_row, products, bars = lab_figures.query_figure(r).data
+    np.testing.assert_allclose(np.asarray(query_row.z)[0], r.q[1, 2].numpy())
+    np.testing.assert_allclose(np.asarray(products.z).sum(axis=1), r.scores[1, 2].numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(bars.x), r.weights[1, 2].numpy())
+    allowed = np.ones(len(r.labels), bool) if r.mask is None else r.mask[2].numpy()
+    assert [t == "masked: −∞" for t in bars.text] == list(~allowed)
+    assert np.asarray(bars.x)[~allowed].sum() == 0 and np.asarray(bars.x).sum() == pytest.approx(1.0)
+    if mask == "causal":
+        assert list(allowed) == [True] * 3 + [False] * (len(r.labels) - 3)
+
+
+def test_the_close_up_defaults_to_the_last_token_and_names_a_missing_one(with_all):
+    r = lab.attention_lab("the cat sat", "random", "padding")
+    assert r.query == r.n_tokens - 1 == 2 and len(r.labels) == r.n_tokens + lab.PADS  # pads are no query
+    with pytest.raises(lab.NoSuchToken, match="Token 4 does not exist: the text has 3 tokens"):
+        lab.attention_lab("the cat sat", "random", "causal", query=4)
+    with pytest.raises(lab.NoSuchToken):
+        lab.attention_lab("the cat sat", "random", "causal", query=0)
+    assert lab.kept_query(None) is None and lab.kept_query("x") is None and lab.kept_query(2) == 2
 
 
 def test_positional_and_schedule_views():
@@ -384,7 +414,9 @@ def test_the_tabs_open_with_their_example_worked_out(with_all):
     demo = _build(lab)
     assert shown[0] in [b.value for b in _of_type(demo, gr.Markdown)]
     figures = [json.loads(b.value["plot"])["data"] for b in _of_type(demo, gr.Plot) if b.value is not None]
-    assert figures[: len(lab_figures.STEP_ORDER)] == [json.loads(f.to_json())["data"] for f in shown[2:]]
+    assert figures[: len(lab_figures.STEP_ORDER)] == [json.loads(f.to_json())["data"] for f in shown[2:-1]]
+    [query] = [b for b in _of_type(demo, gr.Dropdown) if b.label == "query token"]
+    assert query.value == len(query.choices) == shown[-1]["value"]  # the last token
 
 
 def test_a_tab_whose_model_fails_at_build_opens_empty(with_all, monkeypatch):
@@ -465,7 +497,8 @@ def test_endpoints_answer_through_gradio_client(with_all):
         summary, saturation, *figures = client.predict(
             "the cat sat", "random", "causal", False, 2, api_name="/attention_lab"
         )
-        assert "entropy" in summary and len(figures) == len(lab.STEP_ORDER) and len(saturation["data"]) == 4
+        assert "entropy" in summary and len(figures) == len(lab.STEP_ORDER) + 1 and len(saturation["data"]) == 4
+        assert figures[-1]["value"] == 3  # the close-up's token: the last of "the cat sat"
     finally:
         demo.close()
 

@@ -158,10 +158,13 @@ def test_generate_streams_text_as_it_is_written(page):
 
 def test_translate(page):
     panel = open_tab(page, "Translate")
+    translation = panel.get_by_label("Translation", exact=True)
+    opened_with = translation.input_value()  # the tab opens with its first example translated
+    assert opened_with.strip()
     panel.get_by_label("Source text").fill("Two children are playing football in the park.")
     panel.get_by_role("button", name="Translate", exact=True).click()
-    translation = panel.get_by_label("Translation", exact=True)
-    page.wait_for_function("e => e.value.trim().length > 0", arg=translation.element_handle())
+    changed = "([e, before]) => e.value.trim().length > 0 && e.value !== before"
+    page.wait_for_function(changed, arg=[translation.element_handle(), opened_with])
     assert translation.input_value() != "Two children are playing football in the park."
     panel.locator(".js-plotly-plot").first.wait_for()
     screenshot(page, "translate")
@@ -172,7 +175,8 @@ def test_fill_mask_fills_each_blank_and_compares_the_families(page):
     panel.get_by_label("Sentence with [MASK]").fill("A man is [MASK] a bike down the [MASK].")
     panel.get_by_role("button", name="Fill in", exact=True).click()
     filled = panel.get_by_label("Most likely sentence", exact=True)
-    page.wait_for_function("e => e.value.trim().length > 0", arg=filled.element_handle())
+    # the tab opened with its first example filled in; wait for this sentence's answer
+    page.wait_for_function("e => e.value.includes(' down the ')", arg=filled.element_handle())
     sentence = filled.input_value()
     assert "[MASK]" not in sentence and sentence.lower().startswith("a man is ")
     panel.get_by_role("button", name="Compare the three families", exact=True).click()
@@ -224,8 +228,7 @@ def digits_shown(text: str) -> list[str]:
 
 
 def test_attention_maps_layer_choice_redraws(page, inputs):
-    panel = open_tab(page, "Attention Maps")
-    panel.get_by_role("button", name="Show attention").click()
+    panel = open_tab(page, "Attention Maps")  # it opens with its example worked out: no click
     title = panel.locator(".js-plotly-plot .gtitle").first
     page.wait_for_function("e => e.textContent.includes('all layers averaged')", arg=title.element_handle())
     layer = panel.get_by_label("layer", exact=True)
@@ -236,14 +239,21 @@ def test_attention_maps_layer_choice_redraws(page, inputs):
 
 
 def test_attention_lab_head_slider_redraws(page):
-    panel = open_tab(page, "Attention Lab")
-    panel.get_by_role("button", name="Run the steps").click()
+    panel = open_tab(page, "Attention Lab")  # it opens with its example worked out: no click
     panel.get_by_text("Head 1: entropy").wait_for()
     slider = panel.get_by_role("slider")
     slider.focus()
     slider.press("ArrowRight")  # moving the slider (head 1 -> 2) reruns the steps for that head
     panel.get_by_text("Head 2: entropy").wait_for()
     screenshot(page, "attention_lab")
+    # the query close-up: another token, then another head; the close-up stays on that token
+    panel.get_by_label("query token").click()
+    page.get_by_role("option", name="cat").click()
+    close_up = "t => t.textContent.includes('cat') && t.textContent.includes('head {}:')"
+    page.wait_for_function(f"() => [...document.querySelectorAll('.gtitle')].some({close_up.format(2)})")
+    slider.press("ArrowRight")
+    panel.get_by_text("Head 3: entropy").wait_for()
+    page.wait_for_function(f"() => [...document.querySelectorAll('.gtitle')].some({close_up.format(3)})")
 
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
