@@ -61,7 +61,9 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, position: int = 0) -> Tensor:
         """x: (batch, heads, T, head_dim), the first token at absolute `position`."""
-        if torch.is_inference_mode_enabled() and not torch.compiler.is_compiling():
+        # is_compiling() first: torch.compile cannot trace is_inference_mode_enabled(), and a graph
+        # break here split every attention layer out of the compiled training forward
+        if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
             return self.rotate_from_table(x, position)
         t = torch.arange(position, position + x.size(2), device=x.device, dtype=torch.float32)
         angles = torch.outer(t, self.inv_freq)  # (T, head_dim/2)

@@ -56,6 +56,61 @@ def test_gpu_config_loads(task):
     assert config.precision == "bf16-mixed" and config.max_time_s
 
 
+def _compiled_calls(task: str) -> list[tuple[str, object, tuple]]:
+    """What each task's training compiles (training/<task>.py's `compiled(...)` calls), built from
+    its GPU recipe's model section at a smaller width, with inputs of the training step's shapes."""
+    import importlib
+
+    module = importlib.import_module(f"training.{task}")
+    config = load_config(module.Config, CONFIGS / f"{task}-gpu.yaml")
+    torch.manual_seed(0)
+    if task == "generation":
+        from models.transformer import GPT
+
+        config.model.update(n_layers=2, d_model=64, n_heads=2, d_ff=128)
+        model = GPT(module.gpt_config(config, 65)).train()
+        return [("GPT.forward", model.forward, (torch.randint(0, 65, (2, 32)),))]
+    if task == "translation":
+        from models.transformer import EncoderDecoder, EncoderDecoderConfig
+
+        model = EncoderDecoder(EncoderDecoderConfig(**config.model)).train()
+        src, tgt = torch.randint(4, 100, (2, 12)), torch.randint(4, 100, (2, 9))
+        return [("EncoderDecoder.forward", model.forward, (src, tgt))]
+    if task == "mlm":
+        from models.attention import padding_mask
+        from models.bert import Bert, BertConfig
+
+        model = Bert(BertConfig(**config.model)).train()
+        x, ids = torch.randn(2, 12, model.config.d_model), torch.randint(5, 100, (2, 12))
+        return [("Bert.encoder", model.encoder, (x, padding_mask(ids != model.config.pad_id), False))]
+    if task == "audio":
+        from models.audio import AudioConfig, AudioTransformer
+
+        model = AudioTransformer(AudioConfig(**config.model)).train()
+        spec, frames = model.spectrogram(torch.randn(2, 8000), torch.tensor([8000, 6000]))
+        return [("AudioTransformer.classify", model.classify, (spec, frames))]
+    from models.vision import VisionClassifier, ViTConfig
+    from training.image_augment import BatchAugment
+
+    model = VisionClassifier(ViTConfig(**config.model)).train()
+    augment = BatchAugment(config.crop_padding, config.flip, config.augment_magnitude, config.augment_prob)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    return [("VisionTransformer", model.vit, (torch.randn(4, 3, 32, 32),)), ("BatchAugment", augment, (images,))]
+
+
+@pytest.mark.parametrize("task", ["generation", "translation", "mlm", "audio", "vision"])
+def test_what_training_compiles_traces_as_one_graph(task):
+    """A graph break inside a compiled training forward splits it into pieces that run between
+    Python frames, or sends the whole frame back to eager: the step gets slower and the compile
+    longer, and only a GPU run would show it. A RoPE check of `torch.is_inference_mode_enabled()`,
+    which torch.compile cannot trace, once broke every attention layer of the generation GPT."""
+    for name, fn, args in _compiled_calls(task):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(fn)(*args)
+        reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, (name, reasons)
+
+
 def test_vision_gpu_recipe_fits_the_parameter_budget():
     from models.vision import VisionClassifier, ViTConfig
     from training.vision import Config
@@ -142,12 +197,17 @@ def test_host_probe_reports_this_machine(capsys):
     assert "cuda" not in report["ops"]  # the GPU is timed only when asked for
 
 
-def _check_output(path: Path, step_ms: float | None, loss: float | None, finished: bool = True) -> Path:
-    """What a step check leaves: training's log lines, then (if it finished) its summary line."""
+def _check_output(
+    path: Path, step_ms: float | None, loss: float | None, finished: bool = True, start_s: float = 30.0
+) -> Path:
+    """What a step check leaves: training's log lines, then (if it finished) its summary line;
+    `start_s` is what came before the timed training (imports, data, the first step's compile)."""
     lines = ["Epoch 0: 100%| 300/300", "{not the summary}"]
     if finished:
         last = {"step": 300, "val/loss": loss} if loss is not None else None
-        lines.append(json.dumps({"task": "vision", "steps": 300, "step_ms": step_ms, "last_validation": last}))
+        train_s = 300 * (step_ms or 0) / 1000
+        run = {"task": "vision", "steps": 300, "step_ms": step_ms, "last_validation": last}
+        lines.append(json.dumps(run | {"train_wall_s": train_s, "process_wall_s": start_s + train_s}))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -181,8 +241,37 @@ def test_compile_choice_keeps_cuda_graphs_only_when_they_finish_faster_with_the_
         "--write",
         str(choice),
     ]
-    assert compile_choice.main(argv) is taken
+    assert (compile_choice.main(argv) == ["compile_mode=reduce-overhead"]) is taken
     assert choice.read_text() == ("compile_mode=reduce-overhead\n" if taken else "")
+
+
+@pytest.mark.parametrize(
+    ("compiled_ms", "graphs_ms", "eager_ms", "chosen"),
+    [
+        # run 1's shape: 39 ms a step after ~20 s of compile; eager skips the compile and loses less
+        # over 700 steps (15 + 31.5 s against 35 + 27.3 s), CUDA graphs less again per step but not enough
+        (39.0, 30.0, 45.0, "compile=false"),
+        # the step check fixed the step: 10 ms compiled pays for its compile (42 s against 46.5 s)
+        (10.0, 9.5, 45.0, None),
+        # CUDA graphs at 5 ms: 40 + 3.5 s against 35 + 7 s, not 10% better; eager 46.5 s: as written
+        (10.0, 5.0, 45.0, None),
+        # CUDA graphs at 2 ms with the compile of a slow step left: 40 + 1.4 s against 35 + 27.3 s
+        (39.0, 2.0, 45.0, "compile_mode=reduce-overhead"),
+    ],
+)
+def test_compile_choice_to_a_step_counts_the_compile(tmp_path, compiled_ms, graphs_ms, eager_ms, chosen):
+    """Generation's target counts from process start: the compile is paid for by the steps it speeds
+    up before step 700, or eager wins. The best qualifying candidate is taken."""
+    from scripts import compile_choice
+
+    base = _check_output(tmp_path / "base.out", compiled_ms, 1.50, start_s=35.0)
+    graphs = _check_output(tmp_path / "graphs.out", graphs_ms, 1.50, start_s=40.0)
+    eager = _check_output(tmp_path / "eager.out", eager_ms, 1.51, start_s=15.0)
+    choice = tmp_path / "generation.sets"
+    argv = ["--baseline", str(base), "--to-steps", "700", "--write", str(choice)]
+    argv += ["--candidate", str(graphs), "compile_mode=reduce-overhead", "--candidate", str(eager), "compile=false"]
+    assert compile_choice.main(argv) == (None if chosen is None else [chosen])
+    assert choice.read_text() == ("" if chosen is None else chosen + "\n")
 
 
 def _run_train_function(tmp_path: Path, env: str, *train_args: str) -> subprocess.CompletedProcess:
