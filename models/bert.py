@@ -98,10 +98,19 @@ class Bert(nn.Module, HubMixin):
         return ModelAttention(out.logits, {"encoder self": Attention("encoder self", weights, labels, labels)})
 
 
-def mlm_loss(model: Bert, inputs: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over the chosen positions only (labels != IGNORE_INDEX). The vocabulary
-    projection runs on those positions alone: ~15% of the tokens, most of the head's cost saved."""
+def mlm_loss(model: Bert, inputs: Tensor, labels: Tensor, select: bool | None = None) -> Tensor:
+    """Mean cross-entropy over the chosen positions only (labels != IGNORE_INDEX).
+
+    With `select` (the default on a CPU) the vocabulary projection runs on those positions alone:
+    ~15% of the tokens, most of the head's cost saved. On a GPU that selection has a size only the
+    device knows, so the host would wait for it every step; there (select=False) every position
+    goes through the head and the others are ignored by the loss: the same number, no wait."""
     hidden, _ = model.encode(inputs)
+    if select is None:
+        select = hidden.device.type == "cpu"
+    if not select:
+        logits = model.mlm_logits(hidden)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
     chosen = labels != IGNORE_INDEX
     logits = model.mlm_logits(hidden[chosen])
     return F.cross_entropy(logits.float(), labels[chosen])

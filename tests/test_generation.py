@@ -101,6 +101,20 @@ def test_too_short_text_is_refused():
 # --- training -----------------------------------------------------------------------------------
 
 
+def test_a_training_step_never_makes_the_host_wait():
+    """Nothing in the step reads a device value on the host (see tests/host_waits.py)."""
+    from tests.host_waits import HostWaits
+
+    config = tiny_config(lr=3e-3)
+    data = ShakespeareData(TEXT, config, context_len=16)
+    module = GenerationModule(config, data.tokenizer.chars)
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    with warnings.catch_warnings(), HostWaits() as waits:  # Lightning warns that self.log has no Trainer
+        warnings.simplefilter("ignore")
+        module.training_step(batch, 0).backward()
+    assert waits.calls == []
+
+
 def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
     config = tiny_config(lr=3e-3)

@@ -321,6 +321,25 @@ def test_device_batches_cover_the_set_once_per_epoch():
     assert len(ranks[0]) == len(ranks[1]) == 48 and not set(ranks[0].tolist()) & set(ranks[1].tolist())
 
 
+def test_a_training_step_never_makes_the_host_wait():
+    """Augmentation, Mixup/CutMix, the model and the loss read no device value on the host (see
+    tests/host_waits.py): the GPU recipe's step is meant to be bound by the device alone."""
+    from tests.host_waits import HostWaits
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    config = vision.Config(model=dict(TINY), batch_size=8, warmup_steps=2, max_steps=60, ema_decay=0.9)
+    config.mixup_alpha, config.cutmix_alpha, config.augment_magnitude = 0.8, 1.0, 0.7
+    module = vision.VisionModule(config)
+    images, labels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 10
+    with warnings.catch_warnings(), HostWaits() as waits:  # Lightning warns that self.log has no Trainer
+        warnings.simplefilter("ignore")
+        for step in range(4):  # Mixup or CutMix on every batch (the mix probability is 1 here)
+            module.training_step((images, labels), step).backward()
+        module.ema.update(module.model, 3)
+    assert waits.calls == []
+
+
 def test_training_steps_lower_the_loss():
     # timm's Mixup draws its mixing choices from numpy's global generator and the augmentations
     # from torch's: seed both, or the run depends on what earlier tests left in them

@@ -185,27 +185,30 @@ class TranslationModule(TimedModule):
         # compiled with dynamic shapes: every token-budget batch has its own (rows, length)
         self.forward_fn = compiled(self.model.forward, config, dynamic=True)
 
-    def loss(self, batch: tuple[Tensor, Tensor, Tensor], label_smoothing: float, forward=None) -> tuple[Tensor, int]:
+    def loss(self, batch: tuple[Tensor, Tensor, Tensor], label_smoothing: float, forward=None) -> Tensor:
+        """Mean cross-entropy per target token (padding left out)."""
         src, tgt_in, tgt_out = batch
         logits = (forward or self.forward_fn)(src, tgt_in).logits
-        loss = F.cross_entropy(
+        return F.cross_entropy(
             logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD_ID, label_smoothing=label_smoothing
         )
-        return loss, int((tgt_out != PAD_ID).sum())
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, n_tokens = self.loss(batch, self.config.label_smoothing)
-        self.log_training(loss, batch_size=n_tokens)
+        loss = self.loss(batch, self.config.label_smoothing)
+        # no token count here: counting would make the host wait for the GPU every step, and a
+        # step's log needs none (Lightning reads the batch size from the batch's shape)
+        self.log_training(loss)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        # plain cross-entropy per target token (no smoothing), so exp(val/loss) is the perplexity
+        # plain cross-entropy per target token (no smoothing), so exp(val/loss) is the perplexity;
+        # each batch weighs by its tokens in the mean over the validation set
+        n_tokens = int((batch[2] != PAD_ID).sum())
         if self.ema is None:
-            loss, n_tokens = self.loss(batch, 0.0)
-            self.log_validation(n_tokens, loss=loss)
+            self.log_validation(n_tokens, loss=self.loss(batch, 0.0))
             return
-        loss, n_tokens = self.loss(batch, 0.0, self.ema.module.forward)  # the EMA copy runs eager
-        raw_loss, _ = self.loss(batch, 0.0)  # the trained weights themselves: did averaging help?
+        loss = self.loss(batch, 0.0, self.ema.module.forward)  # the EMA copy runs eager
+        raw_loss = self.loss(batch, 0.0)  # the trained weights themselves: did averaging help?
         self.log_validation(n_tokens, loss=loss, loss_raw=raw_loss)
 
 
