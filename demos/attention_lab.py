@@ -417,12 +417,9 @@ def build() -> None:
                 plots[name] = gr.Plot(first_figures[name], show_label=False)
 
     @shows_errors
-    def handler(text_v, source_v, mask_v, scaled_v, head_v):
-        return lab_outputs("" if text_v is None else str(text_v), source_v, mask_v, scaled_v, whole(head_v))
-
-    @shows_errors
-    def keeping_query(text_v, source_v, mask_v, scaled_v, head_v, query_v):
-        """Another head, mask, layer or token: the close-up stays on its token while the text has it."""
+    def handler(text_v, source_v, mask_v, scaled_v, head_v, query_v=None):
+        """The button (and the API) show the last token up close; another head, mask, layer or token
+        keeps the close-up on its token while the text still has it."""
         text_v = "" if text_v is None else str(text_v)
         try:
             return lab_outputs(text_v, source_v, mask_v, scaled_v, whole(head_v), kept_query(query_v))
@@ -435,9 +432,9 @@ def build() -> None:
     # instead of the slider's internal error; attention_lab checks source, mask and head itself
     listen(run.click, handler, inputs, outputs, api_name="attention_lab", preprocess=False)
     for control in (mask, scaled, head, query):
-        listen(control.input, keeping_query, [*inputs, query], outputs)
+        listen(control.input, handler, [*inputs, query], outputs)
     # another layer: first its own range of heads, then the steps
     resized = listen(source.input, shows_errors(head_slider), [source, head], head)
-    listen(resized.then, keeping_query, [*inputs, query], outputs)
+    listen(resized.then, handler, [*inputs, query], outputs)
 
     efficiency.build()  # positional encoding, warmup schedule, efficiency: demos/efficiency.py
